@@ -1,0 +1,156 @@
+"""``sam2-service``: argument parsing only; each subcommand calls the server or the client.
+
+Subcommands: ``serve`` (the daemon), and the smoke-test client commands ``ping``,
+``info`` and ``segment``. The ``serve`` flags are generated from
+:class:`~sam2_service.config.ServiceConfig`'s fields, so flags, environment variables and
+defaults have one home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ServiceConfig, parse_env_value, settings
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    for f in settings():
+        meta = f.metadata
+        default = f.default // meta.get("scale", 1) if meta.get("scale") else f.default
+        shown = f"default {default}; " if default not in (None, False) else ""
+        help_text = f"{meta['help']} ({shown}env {meta['env']})"
+        if meta.get("type") is bool:
+            parser.add_argument(meta["flag"], dest=f.name, action="store_true", default=None,
+                                help=help_text)
+            continue
+        kind = meta.get("type", str)
+        parser.add_argument(meta["flag"], dest=f.name, type=kind, choices=meta.get("choices"),
+                            default=None, metavar=meta["flag"][2:].upper().replace("-", "_"),
+                            help=help_text)
+
+
+def config_from_args(ns: argparse.Namespace, env: dict[str, str] | None = None) -> ServiceConfig:
+    """Build the config: a flag wins over its environment variable, which wins over the default.
+
+    Raises:
+        ValueError: an environment variable or a value is invalid (message names it).
+    """
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    for f in settings():
+        flag_value = getattr(ns, f.name, None)
+        if flag_value is not None:
+            scale = f.metadata.get("scale", 1)
+            values[f.name] = flag_value * scale if scale != 1 else flag_value
+        elif f.metadata["env"] in env:
+            values[f.name] = parse_env_value(f, env[f.metadata["env"]])
+    return ServiceConfig(**values)
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", default=None,
+                        help="daemon socket (env SAM2_SERVICE_SOCKET, default /tmp/wcc-sam2.sock)")
+    parser.add_argument("--timeout", type=float,
+                        default=float(os.environ.get("SAM2_SERVICE_TIMEOUT", "300")),
+                        help="seconds to wait for a reply (env SAM2_SERVICE_TIMEOUT, default 300)")
+
+
+def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas: {text!r}")
+    if len(values) not in count:
+        raise argparse.ArgumentTypeError(f"{what} needs {' or '.join(map(str, count))} numbers: {text!r}")
+    return values
+
+
+def _bbox(text: str) -> list[float]:
+    return _floats(text, (4,), "--bbox x1,y1,x2,y2")
+
+
+def _point(text: str) -> list[float]:
+    return _floats(text, (2, 3), "--point x,y[,label]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sam2-service`` argument parser."""
+    parser = argparse.ArgumentParser(prog="sam2-service",
+                                     description="Local SAM2 segmentation daemon and its smoke-test client.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    _serve_flags(serve)
+    for name, help_text in (("ping", "check that the daemon answers"),
+                            ("info", "print the daemon's model, device and versions")):
+        _client_flags(sub.add_parser(name, help=help_text))
+    seg = sub.add_parser("segment", help="segment an image with a box and/or points")
+    _client_flags(seg)
+    seg.add_argument("--image", required=True, type=Path, help="image file (PNG/JPEG sent as is)")
+    seg.add_argument("--bbox", type=_bbox, help="box x1,y1,x2,y2 in pixels")
+    seg.add_argument("--point", type=_point, action="append", default=[],
+                     help="point x,y[,label] in pixels; label 1 foreground (default), 0 background; "
+                          "repeatable")
+    seg.add_argument("--output", type=Path, help="write the mask here as a PNG (0/255)")
+    return parser
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .server import run
+
+    try:
+        config = config_from_args(ns)
+        setup_logging(config.log_path, config.log_level, config.log_max_bytes,
+                      config.log_backup_count)
+    except (ValueError, OSError) as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    return run(config)
+
+
+def _client_command(ns: argparse.Namespace) -> int:
+    import orjson
+
+    from .client import Client, ClientError, RequestFailed
+    from .imaging import encode_png
+
+    try:
+        with Client(ns.socket, timeout=ns.timeout) as client:
+            if ns.command in ("ping", "info"):
+                t0 = time.perf_counter()
+                reply = client.ping() if ns.command == "ping" else client.info()
+                if ns.command == "ping":
+                    print(f"ok ({(time.perf_counter() - t0) * 1000:.1f} ms)")
+                else:
+                    print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+                return 0
+            t0 = time.perf_counter()
+            result = client.segment(ns.image, bbox=ns.bbox, points=ns.point)
+            round_trip = (time.perf_counter() - t0) * 1000
+    except RequestFailed as exc:
+        print(f"sam2-service: request failed: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ClientError, OSError) as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    h, w = result.mask.shape
+    coverage = float((result.mask > 0).mean()) * 100
+    print(f"score={result.score:.4f} inferenceTimeMs={result.inference_time_ms:.1f} "
+          f"roundTripMs={round_trip:.1f} mask={w}x{h} coverage={coverage:.1f}%")
+    if ns.output is not None:
+        ns.output.write_bytes(encode_png(result.mask))
+        print(f"wrote {ns.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sam2-service`` console script; returns the exit code."""
+    ns = build_parser().parse_args(argv)
+    if ns.command == "serve":
+        return _serve(ns)
+    return _client_command(ns)

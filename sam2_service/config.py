@@ -1,0 +1,157 @@
+"""The daemon's settings: one frozen :class:`ServiceConfig`, one home for every default.
+
+Each setting has a field here, a CLI flag and an environment variable (both listed in the
+field's metadata, from which :mod:`sam2_service.cli` builds its parser), and a documented
+default (README, "Settings"). Precedence: flag, then environment variable, then default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args
+
+ModelName = Literal["tiny", "small", "base_plus", "large"]
+Precision = Literal["auto", "float32", "bfloat16"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+DEFAULT_SOCKET = "/tmp/wcc-sam2.sock"
+
+#: SAM2.1 model name -> (hydra config inside the sam2 package, checkpoint file name).
+#: Names and files as in facebookresearch/sam2 ``checkpoints/download_ckpts.sh`` (092824).
+MODELS: Mapping[str, tuple[str, str]] = {
+    "tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    "small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    "base_plus": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
+    "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+}
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def default_log_file(platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> Path:
+    """Where the JSON-lines log goes when ``--log-file`` is not given.
+
+    macOS: ``~/Library/Logs/WCCOverlay/sam2-service.log`` (where the overlay's debugging
+    guide looks). Elsewhere: ``$XDG_STATE_HOME/sam2-service/sam2-service.log``, with
+    ``XDG_STATE_HOME`` defaulting to ``~/.local/state`` (XDG Base Directory spec).
+    """
+    home = Path(env.get("HOME") or Path.home())
+    if platform == "darwin":
+        return home / "Library" / "Logs" / "WCCOverlay" / "sam2-service.log"
+    state = env.get("XDG_STATE_HOME") or str(home / ".local" / "state")
+    return Path(state) / "sam2-service" / "sam2-service.log"
+
+
+def default_checkpoint(model: str, root: Path | None = None) -> Path:
+    """``checkpoints/sam2.1_hiera_<model>.pt`` under ``root`` (default: the working directory)."""
+    return (root or Path.cwd()) / "checkpoints" / MODELS[model][1]
+
+
+def _setting(default: Any, flag: str, env: str, help: str, **extra: Any) -> Any:
+    meta = {"flag": flag, "env": env, "help": help, **extra}
+    if isinstance(default, (list, dict)):  # pragma: no cover - no such settings today
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Every setting of the daemon. Frozen: build a new one with :func:`dataclasses.replace`.
+
+    Sizes are in bytes here (the CLI takes MB, 1 MB = 2**20 bytes); times in seconds.
+    """
+
+    socket_path: str = _setting(DEFAULT_SOCKET, "--socket", "SAM2_SERVICE_SOCKET",
+                                "Unix socket path the daemon listens on")
+    model: ModelName = _setting("tiny", "--model", "SAM2_SERVICE_MODEL",
+                                "SAM2.1 model size", choices=get_args(ModelName))
+    checkpoint: Path | None = _setting(None, "--checkpoint", "SAM2_SERVICE_CHECKPOINT",
+                                       "checkpoint file (default checkpoints/sam2.1_hiera_<model>.pt)",
+                                       type=Path)
+    device: str = _setting("auto", "--device", "SAM2_SERVICE_DEVICE",
+                           "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    precision: Precision = _setting("auto", "--precision", "SAM2_SERVICE_PRECISION",
+                                    "auto: bfloat16 autocast on CUDA (as the sam2 examples), "
+                                    "float32 elsewhere", choices=get_args(Precision))
+    dummy_weights: bool = _setting(False, "--dummy-weights", "SAM2_SERVICE_DUMMY_WEIGHTS",
+                                   "random-init model for smoke tests (masks are meaningless)",
+                                   type=bool)
+    log_file: Path | None = _setting(None, "--log-file", "SAM2_SERVICE_LOG_FILE",
+                                     "JSON-lines log file (default: platform log folder)",
+                                     type=Path)
+    log_level: LogLevel = _setting("INFO", "--log-level", "SAM2_SERVICE_LOG_LEVEL",
+                                   "log level", choices=get_args(LogLevel))
+    log_max_bytes: int = _setting(10 * 2**20, "--log-max-mb", "SAM2_SERVICE_LOG_MAX_MB",
+                                  "rotate the log file at this size (MB)", type=int, scale=2**20)
+    log_backup_count: int = _setting(3, "--log-backups", "SAM2_SERVICE_LOG_BACKUPS",
+                                     "rotated log files kept", type=int)
+    max_frame_bytes: int = _setting(64 * 2**20, "--max-frame-mb", "SAM2_SERVICE_MAX_FRAME_MB",
+                                    "largest frame accepted, checked from the length prefix (MB)",
+                                    type=int, scale=2**20)
+    max_image_pixels: int = _setting(40_000_000, "--max-image-pixels",
+                                     "SAM2_SERVICE_MAX_IMAGE_PIXELS",
+                                     "largest image (width x height) decoded, read from its header",
+                                     type=int)
+    max_points: int = _setting(64, "--max-points", "SAM2_SERVICE_MAX_POINTS",
+                               "most point prompts in one request", type=int)
+    shutdown_timeout: float = _setting(30.0, "--shutdown-timeout", "SAM2_SERVICE_SHUTDOWN_TIMEOUT",
+                                       "seconds to let running work finish on SIGTERM/SIGINT",
+                                       type=float)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if not _DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
+        for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def model_config(self) -> str:
+        """The sam2 package's hydra config name for :attr:`model`."""
+        return MODELS[self.model][0]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """:attr:`checkpoint`, or the default for :attr:`model`, made absolute."""
+        return (self.checkpoint or default_checkpoint(self.model)).absolute()
+
+    @property
+    def log_path(self) -> Path:
+        """:attr:`log_file`, or :func:`default_log_file`, made absolute."""
+        return (self.log_file or default_log_file()).expanduser().absolute()
+
+
+def settings() -> list[dataclasses.Field]:
+    """The fields of :class:`ServiceConfig`, in declaration order, with flag/env/help metadata."""
+    return list(dataclasses.fields(ServiceConfig))
+
+
+def parse_env_value(f: dataclasses.Field, raw: str) -> Any:
+    """Convert an environment variable's text to the setting's type (in config units).
+
+    Booleans accept 1/0, true/false, yes/no, on/off (case-insensitive). Raises ValueError
+    naming the variable on anything else.
+    """
+    kind = f.metadata.get("type", str)
+    env = f.metadata["env"]
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+    return value * f.metadata.get("scale", 1) if kind in (int, float) else value

@@ -1,0 +1,214 @@
+"""The SAM2 model: built once, run on the inference thread.
+
+:class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
+``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
+thread-safe; :mod:`sam2_service.worker` calls them from its single inference thread.
+torch and sam2 are imported here and nowhere else in the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from .config import ServiceConfig
+from .errors import StartupError
+from .prompts import Prompts
+
+log = logging.getLogger("sam2_service.engine")
+
+#: Seed for ``--dummy-weights``, so that a dummy daemon gives the same masks every run.
+DUMMY_SEED = 0
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One predicted mask.
+
+    Attributes:
+        mask: HxW bool, True where the mask logits are > 0 (SAM2's mask threshold).
+        score: SAM2's IoU prediction for that mask (float, about 0..1).
+        encode_ms: time spent computing the image embedding (``set_image``), ms.
+        predict_ms: time spent in ``predict`` (prompt encoder, mask decoder, upsampling), ms.
+    """
+
+    mask: np.ndarray
+    score: float
+    encode_ms: float
+    predict_ms: float
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise StartupError("torch is not installed: run `make install` "
+                           "(or pip install 'torch>=2.5.1' torchvision)") from None
+    return torch
+
+
+def resolve_device(requested: str) -> str:
+    """Turn ``--device`` into a torch device string.
+
+    ``auto`` picks cuda, then mps, then cpu (the order of the sam2 notebooks).
+
+    Raises:
+        StartupError: the requested backend is not available in this torch build.
+    """
+    torch = _import_torch()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StartupError(f"--device {requested}: CUDA is not available to this torch "
+                               f"({torch.__version__}); use --device cpu or auto")
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise StartupError(f"--device {requested}: only {torch.cuda.device_count()} CUDA "
+                               "device(s) visible")
+    if requested == "mps" and not has_mps:
+        raise StartupError("--device mps: MPS is not available to this torch; use --device cpu")
+    return requested
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` is bfloat16 autocast on CUDA (as the sam2 examples do) and float32 elsewhere."""
+    if precision == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return precision
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of this service, sam2, torch and Python, read without importing torch."""
+    import platform
+
+    from . import __version__
+
+    out = {"service": __version__, "python": platform.python_version()}
+    for dist in ("sam2", "torch"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _build_model(config: ServiceConfig, device: str) -> tuple[Any, str]:
+    """Build the SAM2 model; returns (model, weights) with weights 'checkpoint' or 'dummy'."""
+    torch = _import_torch()
+    try:
+        from sam2.build_sam import build_sam2
+    except ImportError as exc:
+        raise StartupError(
+            f"sam2 is not installed ({exc}): run `make install` "
+            "(SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0)") from None
+    if config.dummy_weights:
+        torch.manual_seed(DUMMY_SEED)
+        return build_sam2(config.model_config, None, device=device), "dummy"
+    ckpt = config.checkpoint_path
+    if not ckpt.is_file():
+        raise StartupError(f"Checkpoint not found: {ckpt}: run ./download_checkpoint.sh "
+                           f"{config.model} (or start with --dummy-weights for a smoke test)")
+    try:
+        return build_sam2(config.model_config, str(ckpt), device=device), "checkpoint"
+    except Exception as exc:  # torch.load / load_state_dict raise many types
+        raise StartupError(f"Checkpoint {ckpt} could not be loaded as SAM2.1 {config.model}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                           ) from exc
+
+
+class Sam2Engine:
+    """A loaded SAM2.1 image predictor and what :meth:`info` reports about it.
+
+    Build with :meth:`load`; call :meth:`segment` from one thread at a time.
+    """
+
+    def __init__(self, predictor: Any, *, config: ServiceConfig, device: str, precision: str,
+                 weights: str, load_time_ms: float) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.device = device
+        self.precision = precision
+        self.weights = weights
+        self.load_time_ms = load_time_ms
+        self.versions = package_versions()
+
+    @classmethod
+    def load(cls, config: ServiceConfig) -> "Sam2Engine":
+        """Build the model named by ``config`` on its device.
+
+        Raises:
+            StartupError: torch or sam2 missing, device unavailable, checkpoint missing or
+                not a SAM2.1 checkpoint of ``config.model``; the message holds the fix.
+        """
+        start = time.perf_counter()
+        torch = _import_torch()
+        device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
+        if device.startswith("cuda") and torch.cuda.get_device_properties(device).major >= 8:
+            # TF32 on Ampere and newer, as in sam2's notebooks/image_predictor_example.ipynb.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        model, weights = _build_model(config, device)
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        predictor = SAM2ImagePredictor(model)
+        return cls(predictor, config=config, device=device, precision=precision, weights=weights,
+                   load_time_ms=(time.perf_counter() - start) * 1000)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        import torch
+
+        with torch.inference_mode():
+            if self.precision == "bfloat16":
+                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
+
+    def segment(self, image: np.ndarray, prompts: Prompts) -> MaskResult:
+        """Embed ``image`` and predict one mask for ``prompts``.
+
+        Args:
+            image: HxWx3 uint8 RGB.
+            prompts: validated prompts in pixels of ``image``.
+
+        Returns:
+            The mask for the prompts; with ``multimask_output`` the highest-scoring of
+            SAM2's three masks (as SAM2's image predictor example picks them).
+        """
+        with self._inference():
+            t0 = time.perf_counter()
+            self.predictor.set_image(image)
+            t1 = time.perf_counter()
+            masks, scores, _ = self.predictor.predict(
+                point_coords=prompts.point_coords,
+                point_labels=prompts.point_labels,
+                box=prompts.box,
+                multimask_output=prompts.multimask_output,
+            )
+            t2 = time.perf_counter()
+        best = int(np.argmax(scores))
+        return MaskResult(masks[best] > 0, float(scores[best]), (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+    def info(self) -> dict[str, Any]:
+        """What ``{"op": "info"}`` reports: model, checkpoint, weights, device, dtype, versions."""
+        return {
+            "model": self.config.model,
+            "modelConfig": self.config.model_config,
+            "checkpoint": None if self.weights == "dummy" else str(self.config.checkpoint_path),
+            "weights": self.weights,
+            "device": self.device,
+            "dtype": self.precision,
+            "loadTimeMs": round(self.load_time_ms, 1),
+            "versions": dict(self.versions),
+        }
+

@@ -1,0 +1,87 @@
+"""Errors that cross the wire.
+
+Every failure the daemon reports to a client is a :class:`ServiceError` carrying a
+``code`` from :data:`ERROR_CODES` (the wire's ``code`` field) and a human message that
+names the field and what is wrong. Only :mod:`sam2_service.server` turns these into error
+responses; every other module just raises them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The documented set of error codes (docs/protocol.md, "Error codes").
+ERROR_CODES: Final = frozenset(
+    {
+        "invalid_request",  # the frame held a JSON object, but a field is missing or wrong
+        "frame_too_large",  # the length prefix exceeds the frame cap; the connection closes
+        "image_decode",  # imageBase64 is not valid base64 or not a decodable PNG/JPEG
+        "image_too_large",  # the image header declares more pixels than allowed
+        "unknown_op",  # "op" names an operation the daemon does not know
+        "internal",  # a bug or an unexpected failure inside the daemon
+    }
+)
+
+
+class ServiceError(Exception):
+    """A failure that is reported to the client as an error response.
+
+    Attributes:
+        code: one of :data:`ERROR_CODES`.
+        message: what went wrong, naming the request field when one is at fault.
+        field: the request field at fault (dotted path such as ``"bbox.x1"``), or None.
+    """
+
+    code: str = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class InvalidRequest(ServiceError):
+    """A field is missing, has the wrong type, or holds a value out of range."""
+
+    code = "invalid_request"
+
+
+class FrameTooLarge(ServiceError):
+    """The frame's length prefix exceeds the configured frame cap."""
+
+    code = "frame_too_large"
+
+
+class ImageDecodeError(ServiceError):
+    """The image bytes are not valid base64, or not a decodable PNG or JPEG."""
+
+    code = "image_decode"
+
+
+class ImageTooLarge(ServiceError):
+    """The image header declares more pixels than ``max_image_pixels``."""
+
+    code = "image_too_large"
+
+
+class UnknownOp(ServiceError):
+    """The request's ``op`` is not one the daemon implements."""
+
+    code = "unknown_op"
+
+
+class InternalError(ServiceError):
+    """An unexpected failure inside the daemon (a bug, or the model failing)."""
+
+    code = "internal"
+
+
+class StartupError(Exception):
+    """The daemon cannot start (missing checkpoint, missing sam2, bad device).
+
+    The message is one line that says what is wrong and how to fix it; the CLI prints it
+    and exits non-zero. It never crosses the wire.
+    """

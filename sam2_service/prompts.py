@@ -1,0 +1,93 @@
+"""Validate a segment request's prompts against the decoded image and shape them for SAM2.
+
+The output, :class:`Prompts`, holds exactly the arguments of
+``SAM2ImagePredictor.predict`` (sam2/sam2_image_predictor.py): ``point_coords`` Nx2,
+``point_labels`` N, ``box`` XYXY, ``multimask_output``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidRequest
+from .schema import SegmentRequest
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Prompts ready for ``SAM2ImagePredictor.predict``.
+
+    Attributes:
+        point_coords: Nx2 float32, (x, y) in pixels of the original image, or None.
+        point_labels: N int32, 1 foreground / 0 background, or None.
+        box: length-4 float32, XYXY in pixels, or None.
+        multimask_output: ask SAM2 for 3 masks and keep the best-scoring one.
+    """
+
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    box: np.ndarray | None
+    multimask_output: bool
+
+
+def _check_size(request: SegmentRequest, height: int, width: int) -> None:
+    for name, claimed, actual in (("width", request.width, width), ("height", request.height, height)):
+        if claimed != actual:
+            raise InvalidRequest(
+                f"{name} is {claimed} but the decoded image is {width}x{height} (width x height)",
+                field=name)
+
+
+def _box(request: SegmentRequest, height: int, width: int) -> np.ndarray | None:
+    b = request.bbox
+    if b is None:
+        return None
+    if b.x2 <= b.x1 or b.y2 <= b.y1:
+        raise InvalidRequest(
+            f"bbox is inverted or empty: need x1 < x2 and y1 < y2, got "
+            f"x1={b.x1:g}, y1={b.y1:g}, x2={b.x2:g}, y2={b.y2:g}", field="bbox")
+    x1, x2 = np.clip([b.x1, b.x2], 0, width)
+    y1, y2 = np.clip([b.y1, b.y2], 0, height)
+    if x2 <= x1 or y2 <= y1:
+        raise InvalidRequest(
+            f"bbox ({b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}) has no area inside the "
+            f"{width}x{height} image", field="bbox")
+    return np.array([x1, y1, x2, y2], dtype=np.float32)
+
+
+def validate(request: SegmentRequest, image_hw: tuple[int, int]) -> Prompts:
+    """Check the request against the decoded image and build SAM2's prompt arrays.
+
+    Args:
+        request: the parsed segment request.
+        image_hw: (H, W) of the decoded image, in pixels.
+
+    Rules (docs/protocol.md, "Prompts"):
+      * ``width``/``height`` must equal the decoded image's size;
+      * a bbox needs x1 < x2 and y1 < y2, is clipped to the image, and must keep some area;
+      * points must lie inside the image, 0 <= x <= W and 0 <= y <= H;
+      * no bbox and no points: the box is the whole image, (0, 0, W, H);
+      * one point and no box: ``multimask_output=True`` (SAM2's advice for ambiguous
+        prompts), anything else ``False``.
+
+    Raises:
+        InvalidRequest: naming the field at fault.
+    """
+    height, width = image_hw
+    _check_size(request, height, width)
+    box = _box(request, height, width)
+    coords = labels = None
+    if request.points:
+        for i, p in enumerate(request.points):
+            if not (0 <= p.x <= width and 0 <= p.y <= height):
+                raise InvalidRequest(
+                    f"points[{i}] ({p.x:g}, {p.y:g}) lies outside the {width}x{height} image",
+                    field=f"points[{i}]")
+        coords = np.array([(p.x, p.y) for p in request.points], dtype=np.float32)
+        labels = np.array([p.label for p in request.points], dtype=np.int32)
+    if box is None and coords is None:
+        box = np.array([0, 0, width, height], dtype=np.float32)
+    multimask = box is None and coords is not None and len(coords) == 1
+    return Prompts(coords, labels, box, multimask)
