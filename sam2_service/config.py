@@ -106,7 +106,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
-        if not _DEVICE_RE.match(self.device):
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")

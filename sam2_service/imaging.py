@@ -80,7 +80,8 @@ def encode_mask(mask: np.ndarray) -> str:
     row-major, top row first (protocol v1 ``maskBase64``)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    return base64.b64encode((mask != 0).view(np.uint8) * np.uint8(255)).decode("ascii")
+    return base64.b64encode(np.ascontiguousarray((mask != 0).view(np.uint8) * np.uint8(255))
+                            ).decode("ascii")
 
 
 def decode_mask(text: str, width: int, height: int) -> np.ndarray:
@@ -108,9 +109,12 @@ def image_size(data: bytes) -> tuple[int, int]:
 
     Raises:
         ImageDecodeError: not a PNG or JPEG image.
+        ImageTooLarge: the header declares more than twice Pillow's ``MAX_IMAGE_PIXELS``.
     """
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
             return im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageDecodeError(f"not a PNG or JPEG image: {exc}") from None

@@ -95,9 +95,13 @@ def _number(obj: dict[str, Any], key: str, path: str) -> float:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"{path} must be a number, got {_type_name(value)}", field=path)
-    if not math.isfinite(value):
-        raise InvalidRequest(f"{path} must be finite, got {value}", field=path)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range (stdlib json can produce one)
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{path} must be a finite number, got {str(value)[:24]}", field=path)
+    return number
 
 
 def _positive_int(obj: dict[str, Any], key: str) -> int:

@@ -71,18 +71,28 @@ def _probe_existing(path: str) -> None:
                        "(stop it first, or choose another --socket)")
 
 
-def bind_unix_socket(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``, owner-only (0600) from birth: the umask is set
-    before ``bind`` (as ssh-agent does), not a chmod after.
+def check_socket_path(path: str) -> None:
+    """Fail fast, before the model loads, if ``path`` cannot become our socket.
 
     Raises:
-        StartupError: the path is too long, taken by a live daemon or a non-socket, or bind fails.
+        StartupError: the path is too long for the platform, a live daemon answers there,
+            or it exists and is not a socket. A stale socket is removed.
     """
     limit = max_socket_path_bytes()
     if len(os.fsencode(path)) > limit:
         raise StartupError(f"socket path is {len(os.fsencode(path))} bytes, longer than this "
                            f"platform's limit of {limit}: choose a shorter --socket")
     _probe_existing(path)
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, owner-only (0600) from birth: the umask is set
+    before ``bind`` (as ssh-agent does), not a chmod after.
+
+    Raises:
+        StartupError: see :func:`check_socket_path`, or bind fails.
+    """
+    check_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -160,6 +170,7 @@ class Server:
         cfg = self.config
         event(log, "Starting sam2-service", **package_versions(), model=cfg.model,
               device=cfg.device, socket=cfg.socket_path, logFile=str(cfg.log_path))
+        check_socket_path(cfg.socket_path)
         if self.engine is None:
             self.engine = await asyncio.to_thread(Sam2Engine.load, cfg)
         eng = self.engine

@@ -1,0 +1,42 @@
+# sam2-service: `make run` sets up and starts the daemon; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+MODEL  ?= tiny
+SOCKET ?= /tmp/wcc-sam2.sock
+DUMMY  ?=
+CHECKPOINT := checkpoints/sam2.1_hiera_$(MODEL).pt
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit clean
+
+# torch first, then sam2 without build isolation (its sdist build imports torch; isolation
+# would fetch a second multi-GB torch), then this package with its test tools.
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check 'torch>=2.5.1' 'torchvision>=0.20.1'
+	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
+	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+ifeq ($(DUMMY),1)
+	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --dummy-weights
+else
+	@test -f $(CHECKPOINT) || ./download_checkpoint.sh $(MODEL) || { \
+	  echo "Could not download $(CHECKPOINT) (no network?): start with random weights instead: make run DUMMY=1"; \
+	  exit 1; }
+	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
+endif
+
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
