@@ -1,0 +1,22 @@
+"""The README documents every setting the code has (one home for settings, docs to match)."""
+
+from pathlib import Path
+
+import pytest
+
+from sam2_service.config import settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("field", settings(), ids=lambda f: f.name)
+def test_every_setting_is_in_the_readme_table(field):
+    row = next((l for l in README.splitlines() if l.startswith(f"| `{field.metadata['flag']}` |")), None)
+    assert row is not None, f"{field.metadata['flag']} missing from README settings table"
+    assert f"`{field.metadata['env']}`" in row
+
+
+def test_readme_starts_with_the_two_commands():
+    head = README.splitlines()[:5]
+    assert any(l.strip().startswith("make run") for l in head)
+    assert any(l.strip().startswith("make test") for l in head)
