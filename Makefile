@@ -26,9 +26,8 @@ run: install
 ifeq ($(DUMMY),1)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --dummy-weights
 else
-	@test -f $(CHECKPOINT) || ./download_checkpoint.sh $(MODEL) || { \
-	  echo "Could not download $(CHECKPOINT) (no network?): start with random weights instead: make run DUMMY=1"; \
-	  exit 1; }
+	@test -f $(CHECKPOINT) || SAM2_DOWNLOAD_HINT="; start with random weights instead: make run DUMMY=1" \
+	  ./download_checkpoint.sh $(MODEL)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
 endif
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Download official SAM2.1 checkpoints into checkpoints/.
 #   ./download_checkpoint.sh [tiny|small|base_plus|large|all]   (default: tiny)
-# Env: SAM2_CHECKPOINT_BASE_URL overrides the download location (a mirror, or a test server).
+# Env: SAM2_CHECKPOINT_BASE_URL overrides the download location (a mirror, or a test server);
+#      SAM2_CHECKPOINT_DIR the destination; SAM2_DOWNLOAD_HINT is appended to the no-network line.
+# Exit codes: 0 done, 1 download failed midway, 2 unknown model, 3 host unreachable.
 # Downloads go to <name>.part (resumed if present) and are renamed only when complete.
 set -euo pipefail
 
@@ -16,6 +18,14 @@ file_for() {
     large) echo sam2.1_hiera_large.pt ;;
     *) echo "unknown model '$1': choose tiny, small, base_plus, large or all" >&2; return 2 ;;
   esac
+}
+
+reachable() {  # reachable URL: a quiet check first, so that no network gives one line, not retries
+  if command -v curl >/dev/null 2>&1; then
+    curl -sfI --connect-timeout 10 -o /dev/null "$1" 2>/dev/null
+  else
+    wget -q --spider --timeout=10 --tries=1 "$1" 2>/dev/null
+  fi
 }
 
 fetch() {  # fetch URL OUT: resumable download with a progress bar
@@ -35,9 +45,18 @@ for model in "${models[@]}"; do
   name=$(file_for "$model")
   out="$DEST/$name"
   if [ -s "$out" ]; then echo "$out already present"; continue; fi
+  if ! reachable "$BASE_URL/$name"; then
+    echo "Cannot download $name: $BASE_URL is unreachable (no network?)${SAM2_DOWNLOAD_HINT:-}" >&2
+    exit 3
+  fi
   echo "Downloading $name from $BASE_URL"
   if ! fetch "$BASE_URL/$name" "$out.part"; then
-    echo "Download of $name failed (network unreachable?); a partial file stays at $out.part for resuming" >&2
+    if [ -s "$out.part" ]; then
+      echo "Download of $name failed; the partial file $out.part is kept, run again to resume" >&2
+    else
+      rm -f "$out.part"
+      echo "Download of $name failed: $BASE_URL is unreachable (no network?)" >&2
+    fi
     exit 1
   fi
   mv "$out.part" "$out"

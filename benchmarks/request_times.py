@@ -5,7 +5,8 @@ with the same weights on the same device, then times side by side, for each imag
 
 * in-process: base64 decode + PNG decode + ``set_image`` + ``predict`` (what one request
   costs without a daemon), and ``predict`` alone;
-* daemon cold: the first segment request after the daemon started;
+* daemon cold: the first segment request of a freshly started daemon, with the default
+  warm-up and with ``--no-warmup``;
 * daemon warm: later requests (each still re-encodes its image: protocol v1 has no cache).
 
 Prints a Markdown table of medians. Without ``--checkpoint`` it saves a random-weight
@@ -66,12 +67,47 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def segment_request(width: int, height: int) -> dict:
+    """A box request over the middle of the test image of that size."""
+    box = [width * 0.2, height * 0.2, width * 0.7, height * 0.8]
+    return {"width": width, "height": height,
+            "imageBase64": base64.b64encode(test_image(width, height)).decode(),
+            "bbox": dict(zip(("x1", "y1", "x2", "y2"), box))}
+
+
+def cold_request(daemon, width: int, height: int) -> float:
+    """Time the first request of a fresh daemon, then stop it; ms."""
+    try:
+        with Client(daemon.socket_path) as c:
+            t0 = time.perf_counter()
+            reply = c.request(segment_request(width, height))
+            assert "error" not in reply, reply
+            return (time.perf_counter() - t0) * 1000
+    finally:
+        daemon.stop()
+
+
+def machine(device: str) -> str:
+    import os
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    name = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def in_process(predictor, png_b64: str, box: np.ndarray, device: str, dtype: str) -> tuple[float, float]:
     import torch
 
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(device, dtype):
-        image = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB"))
+        image = np.array(Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB"))
         predictor.set_image(image)
         t1 = time.perf_counter()
         masks, _, _ = predictor.predict(box=box, multimask_output=False)
@@ -99,45 +135,43 @@ def main() -> int:
         ckpt = tmp / "random.pt"
         torch.save({"model": build_sam2(MODELS[args.model][0], None, device="cpu").state_dict()}, ckpt)
     # start_daemon passes --device $SAM2_TEST_DEVICE; the later --device wins in argparse
-    daemon = start_daemon(tmp, "--model", args.model, "--checkpoint", str(ckpt),
-                          "--device", args.device)
-    try:
-        info = Client(daemon.socket_path).info()
-        dtype = info["dtype"]
-        model = build_sam2(MODELS[args.model][0], str(ckpt), device=args.device)
-        predictor = SAM2ImagePredictor(model)
-        rows = []
-        for label, (w, h) in SIZES.items():
-            png = test_image(w, h)
-            b64 = base64.b64encode(png).decode()
-            box = np.array([w * 0.2, h * 0.2, w * 0.7, h * 0.8], dtype=np.float32)
-            request = {"width": w, "height": h, "imageBase64": b64,
-                       "bbox": dict(zip(("x1", "y1", "x2", "y2"), box.tolist()))}
+    serve_args = ("--model", args.model, "--checkpoint", str(ckpt), "--device", args.device)
+    model = build_sam2(MODELS[args.model][0], str(ckpt), device=args.device)
+    predictor = SAM2ImagePredictor(model)
+    rows = []
+    for label, (w, h) in SIZES.items():
+        request = segment_request(w, h)
+        box = np.array([request["bbox"][k] for k in ("x1", "y1", "x2", "y2")], dtype=np.float32)
+        cold_nw = cold_request(start_daemon(tmp, *serve_args, "--no-warmup"), w, h)
+        daemon = start_daemon(tmp, *serve_args)
+        try:
+            dtype = Client(daemon.socket_path).info()["dtype"]
+            full, pred, warm = [], [], []
             with Client(daemon.socket_path) as c:
                 t0 = time.perf_counter()
-                reply = c.request({**request, "requestId": f"cold-{label}"})
+                assert "error" not in c.request(request)
                 cold = (time.perf_counter() - t0) * 1000
-                assert "error" not in reply, reply
-                warm = []
-                for i in range(args.runs):
+                in_process(predictor, request["imageBase64"], box, args.device, dtype)  # warm-up
+                for _ in range(args.runs):  # interleaved, so both see the same machine state
                     t0 = time.perf_counter()
-                    c.request({**request, "requestId": f"warm-{label}-{i}"})
+                    c.request(request)
                     warm.append((time.perf_counter() - t0) * 1000)
-            in_process(predictor, b64, box, args.device, dtype)  # warm-up
-            full, pred = zip(*(in_process(predictor, b64, box, args.device, dtype)
-                               for _ in range(args.runs)))
-            rows.append((label, statistics.median(full), statistics.median(pred), cold,
-                         statistics.median(warm)))
-    finally:
-        daemon.stop()
+                    f, p = in_process(predictor, request["imageBase64"], box, args.device, dtype)
+                    full.append(f)
+                    pred.append(p)
+        finally:
+            daemon.stop()
+        rows.append((label, statistics.median(full), statistics.median(pred), cold_nw, cold,
+                     statistics.median(warm)))
 
-    dev_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"\nSAM2.1 {args.model}, device {args.device} ({dev_name}), dtype {dtype}, torch {torch.__version__}, "
-          f"{args.runs} runs, medians in ms, {time.strftime('%Y-%m-%d')}\n")
-    print("| image (PNG) | in-process decode+set_image+predict | in-process predict | daemon cold | daemon warm | warm / in-process |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label, full, pred, cold, warm in rows:
-        print(f"| {label} | {full:.1f} | {pred:.1f} | {cold:.1f} | {warm:.1f} | {warm / full:.2f}x |")
+    print(f"\nSAM2.1 {args.model}, device {args.device} ({machine(args.device)}), dtype {dtype}, "
+          f"torch {torch.__version__}, {args.runs} runs, medians in ms, {time.strftime('%Y-%m-%d')}\n")
+    print("| image (PNG) | in-process decode+set_image+predict | in-process predict "
+          "| daemon cold, --no-warmup | daemon cold (warm-up on) | daemon warm | warm / in-process |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, full, pred, cold_nw, cold, warm in rows:
+        print(f"| {label} | {full:.1f} | {pred:.1f} | {cold_nw:.1f} | {cold:.1f} | {warm:.1f} "
+              f"| {warm / full:.2f}x |")
     return 0
 
 

@@ -22,11 +22,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     for f in settings():
         meta = f.metadata
         default = f.default // meta.get("scale", 1) if meta.get("scale") else f.default
-        shown = f"default {default}; " if default not in (None, False) else ""
-        help_text = f"{meta['help']} ({shown}env {meta['env']})"
-        if meta.get("type") is bool:
-            parser.add_argument(meta["flag"], dest=f.name, action="store_true", default=None,
-                                help=help_text)
+        shown = f"default {default}; " if default not in (None, False, True) else ""
+        text = f"turn off: {meta['help']}" if f.default is True else meta["help"]
+        help_text = f"{text} ({shown}env {meta['env']})"
+        if meta.get("type") is bool:  # a default-on setting's flag turns it off (--no-...)
+            parser.add_argument(meta["flag"], dest=f.name, default=None, help=help_text,
+                                action="store_false" if f.default else "store_true")
             continue
         kind = meta.get("type", str)
         parser.add_argument(meta["flag"], dest=f.name, type=kind, choices=meta.get("choices"),

@@ -81,6 +81,10 @@ class ServiceConfig:
     dummy_weights: bool = _setting(False, "--dummy-weights", "SAM2_SERVICE_DUMMY_WEIGHTS",
                                    "random-init model for smoke tests (masks are meaningless)",
                                    type=bool)
+    warmup: bool = _setting(True, "--no-warmup", "SAM2_SERVICE_WARMUP",
+                            "run one inference on a synthetic image before listening, so that "
+                            "the first request is not slowed by one-time initialisation",
+                            type=bool)
     log_file: Path | None = _setting(None, "--log-file", "SAM2_SERVICE_LOG_FILE",
                                      "JSON-lines log file (default: platform log folder)",
                                      type=Path)

@@ -12,6 +12,7 @@ import contextlib
 import importlib.metadata
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -156,10 +157,13 @@ class Sam2Engine:
             # TF32 on Ampere and newer, as in sam2's notebooks/image_predictor_example.ipynb.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        model, weights = _build_model(config, device)
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        with warnings.catch_warnings():
+            # sam2 1.1.0's SAM2Transforms calls torch.jit.script, deprecated in newer torch
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
+            model, weights = _build_model(config, device)
+            from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        predictor = SAM2ImagePredictor(model)
+            predictor = SAM2ImagePredictor(model)
         return cls(predictor, config=config, device=device, precision=precision, weights=weights,
                    load_time_ms=(time.perf_counter() - start) * 1000)
 
@@ -198,6 +202,17 @@ class Sam2Engine:
             t2 = time.perf_counter()
         best = int(np.argmax(scores))
         return MaskResult(masks[best] > 0, float(scores[best]), (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+    def warmup(self) -> float:
+        """Run one box prompt on a synthetic 512x512 image so that one-time costs (kernel
+        selection, lazy CUDA/oneDNN initialisation, allocator growth) are paid before the
+        first request. The image is resized to the model's 1024x1024 input like any other,
+        so the encoder runs at its real size. Returns the time taken, ms."""
+        start = time.perf_counter()
+        image = np.full((512, 512, 3), 127, dtype=np.uint8)
+        box = np.array([128, 128, 384, 384], dtype=np.float32)
+        self.segment(image, Prompts(None, None, box, multimask_output=False))
+        return (time.perf_counter() - start) * 1000
 
     def info(self) -> dict[str, Any]:
         """What ``{"op": "info"}`` reports: model, checkpoint, weights, device, dtype, versions."""

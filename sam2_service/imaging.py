@@ -66,7 +66,7 @@ def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np
                     f"limit of {max_pixels} pixels", field=field)
             im.load()
             rgb = im if im.mode == "RGB" else im.convert("RGB")
-            return np.asarray(rgb)
+            return np.array(rgb)  # a writable copy: torchvision's ToTensor warns on read-only arrays
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{field}: {exc}", field=field) from None
     except UnidentifiedImageError:

@@ -173,6 +173,9 @@ def test_cli_segment_writes_mask_png_and_log_has_the_guide_messages(daemon, tmp_
     assert {"requestId", "inferenceTimeMs", "maskCoverage", "score"} <= done.keys()
     assert any(l.get("code") == "invalid_request" for l in by_msg["Request failed"])
     assert "torch" in by_msg["Starting sam2-service"][0]
+    assert by_msg["Warm-up complete"][0]["warmupMs"] > 0
+    order = [l["msg"] for l in lines]
+    assert order.index("Warm-up complete") < order.index("Server listening")
 
 
 def test_cli_segment_reports_daemon_error(daemon, tmp_path, coffee_png):
@@ -184,3 +187,29 @@ def test_cli_segment_reports_daemon_error(daemon, tmp_path, coffee_png):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "invalid_request" in proc.stderr and "points[0]" in proc.stderr
+
+
+def test_async_client_ping_info_errors_and_array_segment(daemon):
+    import asyncio
+
+    from sam2_service.client import AsyncClient
+
+    image = skimage.data.chelsea()  # (300, 451, 3) uint8, sent as PNG by the client
+
+    async def scenario():
+        async with AsyncClient(daemon.socket_path) as client:
+            pings = await asyncio.gather(*(client.ping() for _ in range(5)))
+            info = await client.info()
+            with pytest.raises(RequestFailed) as err:
+                await client.segment(image, points=[(500, 10)], request_id="async-bad")
+            result = await client.segment(image, bbox=(50, 20, 300, 250), request_id="async-ok")
+            return pings, info, err.value, result
+
+    pings, info, err, result = asyncio.run(scenario())
+    assert all(p["ok"] is True for p in pings)
+    assert info["model"] == "tiny"
+    assert err.code == "invalid_request" and err.request_id == "async-bad"
+    assert result.request_id == "async-ok"
+    assert result.mask.shape == (300, 451) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 255}
+    assert np.isfinite(result.score)

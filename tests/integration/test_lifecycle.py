@@ -80,7 +80,7 @@ def test_dummy_daemon_replaces_stale_socket_and_drains_on_sigterm(tmp_path):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(sock_dir / "sam2.sock"))
     stale.close()  # leaves a socket file nobody listens on
-    d = start_daemon(sock_dir, "--dummy-weights")
+    d = start_daemon(sock_dir, "--dummy-weights", "--no-warmup")
     try:
         info = Client(d.socket_path).info()
         assert info["weights"] == "dummy" and "meaningless" in info["warning"]
@@ -107,6 +107,7 @@ def test_dummy_daemon_replaces_stale_socket_and_drains_on_sigterm(tmp_path):
         assert "error" not in replies["r"] and replies["r"]["maskWidth"] == 451
         assert d.process.wait(timeout=60) == 0
         assert not os.path.exists(d.socket_path)
+        assert "Warm-up complete" not in d.log_path.read_text()
         idle.close()
     finally:
         if d.process.poll() is None:

@@ -175,7 +175,7 @@ def test_overlay_segment_matches_reference(daemon, reference_model) -> None:
 
     predictor = SAM2ImagePredictor(reference_model)
     with reference_inference():
-        predictor.set_image(np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB")))
+        predictor.set_image(np.array(Image.open(io.BytesIO(png_bytes)).convert("RGB")))
         masks, scores, _ = predictor.predict(box=np.array([100, 50, 400, 300], dtype=np.float32),
                                              multimask_output=False)
     ref = masks[0] > 0

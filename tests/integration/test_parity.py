@@ -53,7 +53,7 @@ def references(reference_model, encoded):
     for name, data in encoded.items():
         p = SAM2ImagePredictor(reference_model)
         with reference_inference():
-            p.set_image(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+            p.set_image(np.array(Image.open(io.BytesIO(data)).convert("RGB")))
         preds[name] = p
     return preds
 

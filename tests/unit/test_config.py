@@ -306,3 +306,11 @@ def test_cli_segment_parser_bad_geometry(argv, capsys):
 def test_device_with_trailing_newline_rejected():
     with pytest.raises(ValueError, match="device"):
         ServiceConfig(device="cpu\n")
+
+
+def test_cli_warmup_is_on_by_default_and_no_warmup_turns_it_off():
+    assert from_cli([]).warmup is True
+    assert from_cli(["--no-warmup"]).warmup is False
+    assert from_cli([], env={"SAM2_SERVICE_WARMUP": "0"}).warmup is False
+    # the flag beats the environment variable
+    assert from_cli(["--no-warmup"], env={"SAM2_SERVICE_WARMUP": "1"}).warmup is False
