@@ -179,10 +179,10 @@ class Server:
               checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path))
         if eng.weights == "dummy":
             event(log, DUMMY_WARNING, logging.WARNING)
-        if cfg.warmup:
-            warmup_ms = await asyncio.to_thread(eng.warmup)
-            event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
         self.worker = InferenceWorker(eng, cfg.max_image_pixels)
+        if cfg.warmup:
+            warmup_ms = await self.worker.warmup()
+            event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
         sock = bind_unix_socket(cfg.socket_path)
         st = os.stat(cfg.socket_path)
         self._socket_id = (st.st_dev, st.st_ino)

@@ -12,11 +12,14 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 from .engine import Sam2Engine
 from .imaging import decode_base64, decode_image, encode_mask
 from .prompts import validate
 from .schema import SegmentRequest
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,19 @@ class InferenceWorker:
         self.max_image_pixels = max_image_pixels
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-inference")
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the inference thread and await its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def segment(self, request: SegmentRequest) -> SegmentOutcome:
         """Run :func:`segment_job` on the inference thread and await its outcome."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, segment_job, self.engine, request, self.max_image_pixels)
+        return await self.run(segment_job, self.engine, request, self.max_image_pixels)
+
+    async def warmup(self) -> float:
+        """Run :meth:`Sam2Engine.warmup` on the inference thread (ms taken). It must be that
+        thread: torch keeps per-thread state (on CUDA the cuBLAS/cuDNN handles) whose
+        creation would otherwise land on the first request."""
+        return await self.run(self.engine.warmup)
 
     def close(self, wait: bool = True) -> None:
         """Stop the thread; with ``wait`` let the running job finish first. Queued jobs
