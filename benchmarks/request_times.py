@@ -116,6 +116,35 @@ def in_process(predictor, png_b64: str, box: np.ndarray, device: str, dtype: str
     return (t2 - t0) * 1000, (t2 - t1) * 1000
 
 
+def measure_size(tmp: Path, serve_args: tuple[str, ...], predictor, w: int, h: int,
+                 device: str, runs: int) -> tuple[float, float, float, float, float, str]:
+    """(in-process full median, in-process predict median, cold --no-warmup, cold, warm median,
+    dtype) for one image size, in ms."""
+    request = segment_request(w, h)
+    box = np.array([request["bbox"][k] for k in ("x1", "y1", "x2", "y2")], dtype=np.float32)
+    cold_nw = cold_request(start_daemon(tmp, *serve_args, "--no-warmup"), w, h)
+    daemon = start_daemon(tmp, *serve_args)
+    try:
+        dtype = Client(daemon.socket_path).info()["dtype"]
+        full, pred, warm = [], [], []
+        with Client(daemon.socket_path) as c:
+            t0 = time.perf_counter()
+            assert "error" not in c.request(request)
+            cold = (time.perf_counter() - t0) * 1000
+            in_process(predictor, request["imageBase64"], box, device, dtype)  # warm-up
+            for _ in range(runs):  # interleaved, so both see the same machine state
+                t0 = time.perf_counter()
+                c.request(request)
+                warm.append((time.perf_counter() - t0) * 1000)
+                f, p = in_process(predictor, request["imageBase64"], box, device, dtype)
+                full.append(f)
+                pred.append(p)
+    finally:
+        daemon.stop()
+    return (statistics.median(full), statistics.median(pred), cold_nw, cold,
+            statistics.median(warm), dtype)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -138,38 +167,16 @@ def main() -> int:
     serve_args = ("--model", args.model, "--checkpoint", str(ckpt), "--device", args.device)
     model = build_sam2(MODELS[args.model][0], str(ckpt), device=args.device)
     predictor = SAM2ImagePredictor(model)
-    rows = []
-    for label, (w, h) in SIZES.items():
-        request = segment_request(w, h)
-        box = np.array([request["bbox"][k] for k in ("x1", "y1", "x2", "y2")], dtype=np.float32)
-        cold_nw = cold_request(start_daemon(tmp, *serve_args, "--no-warmup"), w, h)
-        daemon = start_daemon(tmp, *serve_args)
-        try:
-            dtype = Client(daemon.socket_path).info()["dtype"]
-            full, pred, warm = [], [], []
-            with Client(daemon.socket_path) as c:
-                t0 = time.perf_counter()
-                assert "error" not in c.request(request)
-                cold = (time.perf_counter() - t0) * 1000
-                in_process(predictor, request["imageBase64"], box, args.device, dtype)  # warm-up
-                for _ in range(args.runs):  # interleaved, so both see the same machine state
-                    t0 = time.perf_counter()
-                    c.request(request)
-                    warm.append((time.perf_counter() - t0) * 1000)
-                    f, p = in_process(predictor, request["imageBase64"], box, args.device, dtype)
-                    full.append(f)
-                    pred.append(p)
-        finally:
-            daemon.stop()
-        rows.append((label, statistics.median(full), statistics.median(pred), cold_nw, cold,
-                     statistics.median(warm)))
+    rows = [(label, *measure_size(tmp, serve_args, predictor, w, h, args.device, args.runs))
+            for label, (w, h) in SIZES.items()]
+    dtype = rows[0][-1]
 
     print(f"\nSAM2.1 {args.model}, device {args.device} ({machine(args.device)}), dtype {dtype}, "
           f"torch {torch.__version__}, {args.runs} runs, medians in ms, {time.strftime('%Y-%m-%d')}\n")
     print("| image (PNG) | in-process decode+set_image+predict | in-process predict "
           "| daemon cold, --no-warmup | daemon cold (warm-up on) | daemon warm | warm / in-process |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, full, pred, cold_nw, cold, warm in rows:
+    for label, full, pred, cold_nw, cold, warm, _ in rows:
         print(f"| {label} | {full:.1f} | {pred:.1f} | {cold_nw:.1f} | {cold:.1f} | {warm:.1f} "
               f"| {warm / full:.2f}x |")
     return 0
