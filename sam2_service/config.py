@@ -53,10 +53,7 @@ def default_checkpoint(model: str, root: Path | None = None) -> Path:
 
 
 def _setting(default: Any, flag: str, env: str, help: str, **extra: Any) -> Any:
-    meta = {"flag": flag, "env": env, "help": help, **extra}
-    if isinstance(default, (list, dict)):  # pragma: no cover - no such settings today
-        return field(default_factory=lambda: default, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata={"flag": flag, "env": env, "help": help, **extra})
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,21 @@ def test_readme_starts_with_the_two_commands():
     head = README.splitlines()[:5]
     assert any(l.strip().startswith("make run") for l in head)
     assert any(l.strip().startswith("make test") for l in head)
+
+
+PROTOCOL = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+
+
+def _service_error_classes():
+    from sam2_service import errors
+
+    return [c for c in vars(errors).values()
+            if isinstance(c, type) and issubclass(c, errors.ServiceError)]
+
+
+def test_every_error_code_is_documented_in_the_protocol():
+    from sam2_service.errors import ERROR_CODES
+
+    documented = {l.split("`")[1] for l in PROTOCOL.splitlines() if l.startswith("| `")}
+    assert ERROR_CODES <= documented, ERROR_CODES - documented
+    assert {c.code for c in _service_error_classes()} == ERROR_CODES
