@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from integration.conftest import start_daemon  # noqa: E402
+from integration.conftest import reference_inference, start_daemon  # noqa: E402
 
 from sam2_service.client import Client  # noqa: E402
 from sam2_service.config import MODELS  # noqa: E402
@@ -50,14 +50,6 @@ def test_image(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def autocast(device: str, dtype: str):
-    import torch
-
-    if dtype == "bfloat16":
-        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def sync(device: str) -> None:
@@ -103,10 +95,8 @@ def machine(device: str) -> str:
 
 
 def in_process(predictor, png_b64: str, box: np.ndarray, device: str, dtype: str) -> tuple[float, float]:
-    import torch
-
     t0 = time.perf_counter()
-    with torch.inference_mode(), autocast(device, dtype):
+    with reference_inference(device, dtype):
         image = np.array(Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB"))
         predictor.set_image(image)
         t1 = time.perf_counter()

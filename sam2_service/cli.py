@@ -22,7 +22,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     for f in settings():
         meta = f.metadata
         default = f.default // meta.get("scale", 1) if meta.get("scale") else f.default
-        shown = f"default {default}; " if default not in (None, False, True) else ""
+        shown = "" if default is None or isinstance(default, bool) else f"default {default}; "
         text = f"turn off: {meta['help']}" if f.default is True else meta["help"]
         help_text = f"{text} ({shown}env {meta['env']})"
         if meta.get("type") is bool:  # a default-on setting's flag turns it off (--no-...)

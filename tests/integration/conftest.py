@@ -54,13 +54,14 @@ def reference_model(checkpoint: Path):
 
 
 @contextlib.contextmanager
-def reference_inference():
-    """inference_mode, plus the daemon's bfloat16 autocast when testing on CUDA."""
+def reference_inference(device: str = TEST_DEVICE, dtype: str = TEST_DTYPE):
+    """inference_mode, plus bfloat16 autocast when ``dtype`` is bfloat16 (the daemon's
+    default on CUDA), for reference runs of SAM2ImagePredictor outside the daemon."""
     import torch
 
     with torch.inference_mode():
-        if TEST_DTYPE == "bfloat16":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if dtype == "bfloat16":
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
                 yield
         else:
             yield

@@ -38,3 +38,15 @@ def test_every_error_code_is_documented_in_the_protocol():
     documented = {l.split("`")[1] for l in PROTOCOL.splitlines() if l.startswith("| `")}
     assert ERROR_CODES <= documented, ERROR_CODES - documented
     assert {c.code for c in _service_error_classes()} == ERROR_CODES
+
+
+def test_download_script_knows_the_same_checkpoint_files_as_the_config():
+    """download_checkpoint.sh keeps its own model -> file table (it runs before any venv
+    exists); this keeps it equal to config.MODELS."""
+    import re
+
+    from sam2_service.config import MODELS
+
+    script = (Path(__file__).resolve().parents[2] / "download_checkpoint.sh").read_text()
+    table = dict(re.findall(r"^\s+(\w+)\) echo (sam2\.1_hiera_\w+\.pt) ;;$", script, re.M))
+    assert table == {name: ckpt for name, (_, ckpt) in MODELS.items()}
