@@ -7,17 +7,20 @@ Masks come back as numpy ``uint8`` arrays of shape (H, W), 0 background and 255 
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
 import io
 import os
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
+import pybase64
 from PIL import Image
 
+from .cache import image_id as compute_image_id
 from .config import DEFAULT_SOCKET
 from .errors import ImageDecodeError, ServiceError
 from .imaging import decode_mask, encode_png, image_size
@@ -29,7 +32,28 @@ DEFAULT_TIMEOUT = 300.0
 CLIENT_MAX_FRAME_BYTES = 1 << 30
 _RECV_CHUNK = 1 << 18
 
-ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
+#: Images remembered per client: which imageIds the daemon has embedded, and the PNG
+#: encoding of recently sent arrays (so a resent array is hashed, not re-encoded).
+CLIENT_MEMO_ENTRIES = 64
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image the daemon has embedded, sent by ``imageId`` instead of its bytes.
+
+    Attributes:
+        image_id: the daemon's ``imageId`` (hex SHA-256 of the image file's bytes).
+        width, height: the image's size in pixels.
+        cached: from an embed reply: True when the daemon already had the embedding.
+    """
+
+    image_id: str
+    width: int
+    height: int
+    cached: bool = False
+
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray, ImageRef]
 PointInput = Union[Sequence[float], "tuple[float, float, int]"]
 
 
@@ -69,13 +93,23 @@ class SegmentResult:
     inference_time_ms: float
     response: dict[str, Any]
 
+    @property
+    def image_id(self) -> str | None:
+        """The image's ``imageId`` (send it back to skip resending the image)."""
+        return self.response.get("imageId")
+
+    @property
+    def cached(self) -> bool:
+        """True when the daemon reused the image's cached embedding."""
+        return bool(self.response.get("cached", False))
+
 
 def default_socket_path() -> str:
     """``$SAM2_SERVICE_SOCKET`` or ``/tmp/wcc-sam2.sock``."""
     return os.environ.get("SAM2_SERVICE_SOCKET") or DEFAULT_SOCKET
 
 
-def encode_image_input(image: ImageInput) -> tuple[bytes, int, int]:
+def encode_image_input(image: str | os.PathLike | bytes | np.ndarray) -> tuple[bytes, int, int]:
     """Bytes to send for ``image`` and its (width, height).
 
     PNG/JPEG files and bytes are sent as they are; other formats Pillow reads (TIFF,
@@ -95,21 +129,46 @@ def encode_image_input(image: ImageInput) -> tuple[bytes, int, int]:
         return encode_png(rgb), rgb.shape[1], rgb.shape[0]
 
 
-def build_segment_request(image: ImageInput, *, bbox: Sequence[float] | None = None,
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready to send: the file bytes, its size in pixels and its ``imageId``."""
+
+    data: bytes
+    width: int
+    height: int
+    image_id: str
+
+    @property
+    def ref(self) -> ImageRef:
+        """This image as an :class:`ImageRef`."""
+        return ImageRef(self.image_id, self.width, self.height)
+
+
+def prepare_image(image: str | os.PathLike | bytes | np.ndarray) -> PreparedImage:
+    """:func:`encode_image_input` plus the ``imageId`` the daemon will give those bytes."""
+    data, width, height = encode_image_input(image)
+    return PreparedImage(data, width, height, compute_image_id(data))
+
+
+def build_segment_request(image: ImageInput | PreparedImage, *,
+                          bbox: Sequence[float] | None = None,
                           points: Iterable[PointInput] = (),
                           request_id: str | None = None) -> dict[str, Any]:
     """A protocol v1 segment request.
 
     Args:
-        image: see :func:`encode_image_input`.
+        image: see :func:`encode_image_input`; an :class:`ImageRef` is sent as ``imageId``.
         bbox: (x1, y1, x2, y2) in pixels, XYXY.
         points: (x, y) or (x, y, label) in pixels; label 1 foreground (default), 0 background.
         request_id: defaults to a fresh one.
     """
-    data, width, height = encode_image_input(image)
-    msg: dict[str, Any] = {"requestId": request_id or f"cli-{os.urandom(6).hex()}",
-                           "width": width, "height": height,
-                           "imageBase64": base64.b64encode(data).decode("ascii")}
+    msg: dict[str, Any] = {"requestId": request_id or f"cli-{os.urandom(6).hex()}"}
+    if isinstance(image, ImageRef):
+        msg.update(width=image.width, height=image.height, imageId=image.image_id)
+    else:
+        prepared = image if isinstance(image, PreparedImage) else prepare_image(image)
+        msg.update(width=prepared.width, height=prepared.height,
+                   imageBase64=pybase64.b64encode_as_string(prepared.data))
     if bbox is not None:
         msg["bbox"] = dict(zip(("x1", "y1", "x2", "y2"), map(float, bbox)))
     pts = [{"x": float(p[0]), "y": float(p[1]), "label": int(p[2]) if len(p) > 2 else 1}
@@ -117,6 +176,58 @@ def build_segment_request(image: ImageInput, *, bbox: Sequence[float] | None = N
     if pts:
         msg["points"] = pts
     return msg
+
+
+def build_embed_request(image: PreparedImage, request_id: str | None = None) -> dict[str, Any]:
+    """A protocol v1 ``embed`` request for a prepared image."""
+    return {"op": "embed", "requestId": request_id or f"cli-{os.urandom(6).hex()}",
+            "width": image.width, "height": image.height,
+            "imageBase64": pybase64.b64encode_as_string(image.data)}
+
+
+class ImageMemo:
+    """What one client remembers between requests, so that an image it sends again goes
+    as its ``imageId`` (about 100 bytes) instead of megabytes of base64.
+
+    ``prepare`` keeps the PNG encoding of recent numpy arrays, keyed by their content
+    hash; ``known`` holds imageIds the daemon has embedded. Both are LRU, at most
+    ``entries`` long. The daemon may still have evicted an id: the clients then resend.
+    """
+
+    def __init__(self, entries: int = CLIENT_MEMO_ENTRIES) -> None:
+        self.entries = entries
+        self._arrays: OrderedDict[tuple, PreparedImage] = OrderedDict()
+        self._known: OrderedDict[str, None] = OrderedDict()
+
+    def prepare(self, image: str | os.PathLike | bytes | np.ndarray) -> PreparedImage:
+        """:func:`prepare_image`, remembering arrays by shape, dtype and SHA-256 of their bytes."""
+        if not isinstance(image, np.ndarray):
+            return prepare_image(image)
+        key = (image.shape, image.dtype.str, hashlib.sha256(np.ascontiguousarray(image)).digest())
+        if key not in self._arrays:
+            self._arrays[key] = prepare_image(image)
+            self._trim(self._arrays)
+        self._arrays.move_to_end(key)
+        return self._arrays[key]
+
+    def known(self, image_id: str) -> bool:
+        """True if the daemon has embedded ``image_id`` as far as this client knows."""
+        return image_id in self._known
+
+    def remember(self, image_id: str | None) -> None:
+        """Note that the daemon has embedded ``image_id``."""
+        if image_id:
+            self._known[image_id] = None
+            self._known.move_to_end(image_id)
+            self._trim(self._known)
+
+    def forget(self, image_id: str) -> None:
+        """Note that the daemon no longer has ``image_id``."""
+        self._known.pop(image_id, None)
+
+    def _trim(self, table: OrderedDict) -> None:
+        while len(table) > self.entries:
+            table.popitem(last=False)
 
 
 def check_response(response: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +275,7 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
+        self.memo = ImageMemo()
 
     def __enter__(self) -> "Client":
         return self
@@ -213,10 +325,45 @@ class Client:
         return check_response(self.request({"op": "info"}))
 
     def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
-                points: Iterable[PointInput] = (), request_id: str | None = None) -> SegmentResult:
-        """Segment ``image`` with a box and/or points (see :func:`build_segment_request`)."""
-        msg = build_segment_request(image, bbox=bbox, points=points, request_id=request_id)
-        return parse_segment_response(self.request(msg))
+                points: Iterable[PointInput] = (), request_id: str | None = None,
+                reuse: bool = True) -> SegmentResult:
+        """Segment ``image`` with a box and/or points (see :func:`build_segment_request`).
+
+        With ``reuse``, an image this client has sent before goes as its ``imageId``; if
+        the daemon no longer has it (``unknown_image``) the image is resent at once. An
+        :class:`ImageRef` is always sent by id (``unknown_image`` then raises).
+
+        Raises:
+            RequestFailed: an error reply (``.code``, ``.message``, ``.request_id``).
+            ClientError: the daemon could not be reached or sent a bad reply.
+        """
+        kw = dict(bbox=bbox, points=points, request_id=request_id)
+        if isinstance(image, ImageRef):
+            return parse_segment_response(self.request(build_segment_request(image, **kw)))
+        prepared = self.memo.prepare(image)
+        if reuse and self.memo.known(prepared.image_id):
+            reply = self.request(build_segment_request(prepared.ref, **kw))
+            if reply.get("code") != "unknown_image":
+                return parse_segment_response(reply)
+            self.memo.forget(prepared.image_id)
+        result = parse_segment_response(self.request(build_segment_request(prepared, **kw)))
+        self.memo.remember(result.image_id)
+        return result
+
+    def embed(self, image: str | os.PathLike | bytes | np.ndarray,
+              request_id: str | None = None) -> ImageRef:
+        """``{"op": "embed"}``: have the daemon compute (or find) the image embedding now;
+        returns the :class:`ImageRef` to segment it by id."""
+        prepared = self.memo.prepare(image)
+        reply = check_response(self.request(build_embed_request(prepared, request_id)))
+        self.memo.remember(reply["imageId"])
+        return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
+
+    def release(self, image: ImageRef | str) -> bool:
+        """``{"op": "release"}``: drop the image's cached embedding; False if none was cached."""
+        iid = image.image_id if isinstance(image, ImageRef) else image
+        self.memo.forget(iid)
+        return bool(check_response(self.request({"op": "release", "imageId": iid}))["released"])
 
     def close(self) -> None:
         """Close the connection (a later request reconnects)."""
@@ -239,6 +386,7 @@ class AsyncClient:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
         self._lock = asyncio.Lock()
+        self.memo = ImageMemo()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -292,12 +440,37 @@ class AsyncClient:
         return check_response(await self.request({"op": "info"}))
 
     async def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
-                      points: Iterable[PointInput] = (),
-                      request_id: str | None = None) -> SegmentResult:
-        """Segment ``image``; the PNG encoding of arrays runs in a thread."""
-        msg = await asyncio.to_thread(build_segment_request, image, bbox=bbox, points=points,
-                                      request_id=request_id)
-        return parse_segment_response(await self.request(msg))
+                      points: Iterable[PointInput] = (), request_id: str | None = None,
+                      reuse: bool = True) -> SegmentResult:
+        """:meth:`Client.segment` as a coroutine; PNG encoding and hashing run in a thread."""
+        kw = dict(bbox=bbox, points=points, request_id=request_id)
+        if isinstance(image, ImageRef):
+            return parse_segment_response(await self.request(build_segment_request(image, **kw)))
+        prepared = await asyncio.to_thread(self.memo.prepare, image)
+        if reuse and self.memo.known(prepared.image_id):
+            reply = await self.request(build_segment_request(prepared.ref, **kw))
+            if reply.get("code") != "unknown_image":
+                return parse_segment_response(reply)
+            self.memo.forget(prepared.image_id)
+        msg = await asyncio.to_thread(build_segment_request, prepared, **kw)
+        result = parse_segment_response(await self.request(msg))
+        self.memo.remember(result.image_id)
+        return result
+
+    async def embed(self, image: str | os.PathLike | bytes | np.ndarray,
+                    request_id: str | None = None) -> ImageRef:
+        """:meth:`Client.embed` as a coroutine."""
+        prepared = await asyncio.to_thread(self.memo.prepare, image)
+        reply = check_response(await self.request(build_embed_request(prepared, request_id)))
+        self.memo.remember(reply["imageId"])
+        return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
+
+    async def release(self, image: ImageRef | str) -> bool:
+        """:meth:`Client.release` as a coroutine."""
+        iid = image.image_id if isinstance(image, ImageRef) else image
+        self.memo.forget(iid)
+        reply = check_response(await self.request({"op": "release", "imageId": iid}))
+        return bool(reply["released"])
 
     async def close(self) -> None:
         """Close the connection (a later request reconnects)."""

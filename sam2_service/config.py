@@ -103,6 +103,19 @@ class ServiceConfig:
     shutdown_timeout: float = _setting(30.0, "--shutdown-timeout", "SAM2_SERVICE_SHUTDOWN_TIMEOUT",
                                        "seconds to let running work finish on SIGTERM/SIGINT",
                                        type=float)
+    cache_bytes: int = _setting(1024 * 2**20, "--cache-mb", "SAM2_SERVICE_CACHE_MB",
+                                "memory for cached image embeddings, on the model's device "
+                                "(MB; SAM2 needs 16 MB per image in float32, 0 turns the cache off)",
+                                type=int, scale=2**20)
+    max_queue: int = _setting(8, "--max-queue", "SAM2_SERVICE_MAX_QUEUE",
+                              "most requests waiting for the model; beyond that the reply is "
+                              "an immediate busy error", type=int)
+    request_timeout: float = _setting(60.0, "--request-timeout", "SAM2_SERVICE_REQUEST_TIMEOUT",
+                                      "seconds from a request's arrival to its reply before the "
+                                      "reply is a timeout error", type=float)
+    idle_timeout: float = _setting(60.0, "--idle-timeout", "SAM2_SERVICE_IDLE_TIMEOUT",
+                                   "seconds a connection may sit idle, or inside a partial "
+                                   "frame, before it is closed", type=float)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -111,9 +124,12 @@ class ServiceConfig:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
-        for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points"):
-            if getattr(self, name) <= 0:
+        for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
+                     "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout"):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.cache_bytes < 0:
+            raise ValueError("cache_bytes must be 0 (off) or positive")
 
     @property
     def model_config(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .config import ServiceConfig
-from .errors import StartupError
+from .errors import InternalError, StartupError
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -35,14 +35,35 @@ class MaskResult:
     Attributes:
         mask: HxW bool, True where the mask logits are > 0 (SAM2's mask threshold).
         score: SAM2's IoU prediction for that mask (float, about 0..1).
-        encode_ms: time spent computing the image embedding (``set_image``), ms.
-        predict_ms: time spent in ``predict`` (prompt encoder, mask decoder, upsampling), ms.
+        predict_ms: time spent in ``predict`` (prompt encoder, mask decoder, upsampling to
+            the image size, copy to host memory), ms.
     """
 
     mask: np.ndarray
     score: float
-    encode_ms: float
     predict_ms: float
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """Everything ``SAM2ImagePredictor.predict`` needs about one image, as ``set_image``
+    leaves it: ``features`` is ``{"image_embed": 1x256x64x64, "high_res_feats":
+    [1x32x256x256, 1x64x128x128]}`` tensors on the model's device (SAM2.1 at its 1024x1024
+    input), ``orig_hw`` the image's (height, width) in pixels.
+
+    Attributes:
+        features: the predictor's ``_features`` dict (tensors; not copied).
+        orig_hw: (H, W) of the original image, pixels.
+        nbytes: bytes held by the tensors (16 MiB in float32).
+        model_id: :meth:`Sam2Engine.model_id` of the engine that made it.
+        encode_ms: time ``set_image`` took, ms.
+    """
+
+    features: dict[str, Any]
+    orig_hw: tuple[int, int]
+    nbytes: int
+    model_id: tuple[str, ...]
+    encode_ms: float
 
 
 def _import_torch() -> Any:
@@ -128,7 +149,7 @@ def _build_model(config: ServiceConfig, device: str) -> tuple[Any, str]:
 class Sam2Engine:
     """A loaded SAM2.1 image predictor and what :meth:`info` reports about it.
 
-    Build with :meth:`load`; call :meth:`segment` from one thread at a time.
+    Build with :meth:`load`; call :meth:`embed` and :meth:`predict` from one thread at a time.
     """
 
     def __init__(self, predictor: Any, *, config: ServiceConfig, device: str, precision: str,
@@ -140,6 +161,10 @@ class Sam2Engine:
         self.weights = weights
         self.load_time_ms = load_time_ms
         self.versions = package_versions()
+        #: The model's identity, part of every embedding-cache key: (model name, checkpoint
+        #: identity, dtype, device). The checkpoint identity is its absolute path, size and
+        #: modification time (ns) when loaded, or ``dummy-seed-0`` for ``--dummy-weights``.
+        self.model_id: tuple[str, ...] = self._identity()
 
     @classmethod
     def load(cls, config: ServiceConfig) -> "Sam2Engine":
@@ -178,30 +203,92 @@ class Sam2Engine:
             else:
                 yield
 
-    def segment(self, image: np.ndarray, prompts: Prompts) -> MaskResult:
-        """Embed ``image`` and predict one mask for ``prompts``.
+    def _identity(self) -> tuple[str, ...]:
+        """See :attr:`model_id`."""
+        if self.weights == "dummy":
+            ckpt = f"dummy-seed-{DUMMY_SEED}"
+        else:
+            path = self.config.checkpoint_path
+            st = path.stat() if path.exists() else None
+            ckpt = f"{path}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
+        return (self.config.model, ckpt, self.precision, self.device)
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Compute the image embedding of ``image`` (SAM2's ``set_image``).
 
         Args:
             image: HxWx3 uint8 RGB.
-            prompts: validated prompts in pixels of ``image``.
-
-        Returns:
-            The mask for the prompts; with ``multimask_output`` the highest-scoring of
-            SAM2's three masks (as SAM2's image predictor example picks them).
         """
         with self._inference():
             t0 = time.perf_counter()
             self.predictor.set_image(image)
-            t1 = time.perf_counter()
-            masks, scores, _ = self.predictor.predict(
+            ms = (time.perf_counter() - t0) * 1000
+        feats = self.predictor._features
+        tensors = [feats["image_embed"], *feats["high_res_feats"]]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        h, w = self.predictor._orig_hw[0]
+        return Embedding(feats, (int(h), int(w)), nbytes, self.model_id, ms)
+
+    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
+        """Predict one mask for ``prompts`` on a computed image embedding.
+
+        The embedding is put back into the predictor as ``set_image`` left it (its
+        ``_features``, ``_orig_hw``, ``_is_image_set``; sam2 1.1.0's SAM2ImagePredictor),
+        then SAM2's own ``predict`` runs, so the result equals ``set_image`` + ``predict``.
+
+        Args:
+            embedding: from :meth:`embed` of this engine.
+            prompts: validated prompts in pixels of the embedded image.
+
+        Returns:
+            The mask for the prompts; with ``multimask_output`` the highest-scoring of
+            SAM2's three masks (as SAM2's image predictor example picks them).
+
+        Raises:
+            InternalError: the embedding was made by a different model (never reused
+                silently, as micro-sam's embedding cache refuses a model mismatch).
+        """
+        if embedding.model_id != self.model_id:
+            raise InternalError(f"embedding of model {embedding.model_id} used with model "
+                                f"{self.model_id}")
+        pred = self.predictor
+        if pred._features is not embedding.features:
+            pred.reset_predictor()
+            pred._features = embedding.features
+            pred._orig_hw = [embedding.orig_hw]
+            pred._is_image_set = True
+        with self._inference():
+            t0 = time.perf_counter()
+            masks, scores, _ = pred.predict(
                 point_coords=prompts.point_coords,
                 point_labels=prompts.point_labels,
                 box=prompts.box,
                 multimask_output=prompts.multimask_output,
             )
-            t2 = time.perf_counter()
+            ms = (time.perf_counter() - t0) * 1000
         best = int(np.argmax(scores))
-        return MaskResult(masks[best] > 0, float(scores[best]), (t1 - t0) * 1000, (t2 - t1) * 1000)
+        return MaskResult(masks[best] > 0, float(scores[best]), ms)
+
+    def free_memory(self) -> None:
+        """Drop the predictor's current image and return cached device memory to the
+        driver (``torch.cuda.empty_cache`` / ``torch.mps.empty_cache``); after an
+        out-of-memory error."""
+        import torch
+
+        self.predictor.reset_predictor()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        elif self.device == "mps":
+            torch.mps.empty_cache()
+
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        """True for ``torch.OutOfMemoryError`` (CUDA) and MPS's out-of-memory RuntimeError."""
+        import torch
+
+        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        return isinstance(exc, oom) or (isinstance(exc, RuntimeError)
+                                        and "out of memory" in str(exc).lower())
 
     def warmup(self) -> float:
         """Run one box prompt on a synthetic 512x512 image so that one-time costs (kernel
@@ -211,7 +298,8 @@ class Sam2Engine:
         start = time.perf_counter()
         image = np.full((512, 512, 3), 127, dtype=np.uint8)
         box = np.array([128, 128, 384, 384], dtype=np.float32)
-        self.segment(image, Prompts(None, None, box, multimask_output=False))
+        self.predict(self.embed(image), Prompts(None, None, box, multimask_output=False))
+        self.predictor.reset_predictor()
         return (time.perf_counter() - start) * 1000
 
     def info(self) -> dict[str, Any]:

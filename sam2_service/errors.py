@@ -18,6 +18,11 @@ ERROR_CODES: Final = frozenset(
         "image_decode",  # imageBase64 is not valid base64 or not a decodable PNG/JPEG
         "image_too_large",  # the image header declares more pixels than allowed
         "unknown_op",  # "op" names an operation the daemon does not know
+        "unknown_image",  # imageId names no cached image embedding: resend the image
+        "busy",  # max_queue requests already wait for the model; try again later
+        "timeout",  # no reply within request_timeout of the request's arrival
+        "shutting_down",  # the daemon is stopping; the request was accepted but not run
+        "out_of_memory",  # the device ran out of memory; caches were freed, try again
         "internal",  # a bug or an unexpected failure inside the daemon
     }
 )
@@ -71,6 +76,36 @@ class UnknownOp(ServiceError):
     """The request's ``op`` is not one the daemon implements."""
 
     code = "unknown_op"
+
+
+class UnknownImage(ServiceError):
+    """``imageId`` names no cached image embedding (never sent, evicted or released)."""
+
+    code = "unknown_image"
+
+
+class Busy(ServiceError):
+    """``max_queue`` requests already wait for the model."""
+
+    code = "busy"
+
+
+class RequestTimeout(ServiceError):
+    """The request was not answered within ``request_timeout`` of its arrival."""
+
+    code = "timeout"
+
+
+class ShuttingDown(ServiceError):
+    """The daemon stopped before this accepted request reached the model."""
+
+    code = "shutting_down"
+
+
+class OutOfMemory(ServiceError):
+    """The model's device ran out of memory (``torch.OutOfMemoryError``)."""
+
+    code = "out_of_memory"
 
 
 class InternalError(ServiceError):

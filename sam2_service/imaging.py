@@ -8,13 +8,13 @@ from the header and checked before the pixels are decoded, and Pillow's own
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
 from typing import Final
 
 import numpy as np
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError, ImageTooLarge
@@ -36,9 +36,20 @@ def decode_base64(text: str, field: str = "imageBase64") -> bytes:
         raise ImageDecodeError(f"{field} is a data URL but not data:image/<type>;base64,...",
                                field=field)
     try:
-        return base64.b64decode(payload, validate=True)
+        return pybase64.b64decode(payload, validate=True)  # SIMD; same rules as base64's
     except (binascii.Error, ValueError) as exc:
         raise ImageDecodeError(f"{field} is not valid base64: {exc}", field=field) from None
+
+
+#: Pillow modes of a 16-bit greyscale PNG ("I" in older Pillow): its convert("RGB") clips
+#: them at 255 instead of scaling, which turns most such images white.
+_SIXTEEN_BIT_GREY: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _grey16_to_rgb(grey: np.ndarray) -> np.ndarray:
+    """HxW 16-bit greyscale (any integer dtype) to HxWx3 uint8: the high byte of each sample."""
+    high = (np.clip(grey.astype(np.int64), 0, 0xFFFF) >> 8).astype(np.uint8)
+    return np.repeat(high[:, :, None], 3, axis=2)
 
 
 def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np.ndarray:
@@ -50,8 +61,8 @@ def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np
 
     Returns:
         HxWx3 uint8 array, RGB, row 0 at the top. Alpha is dropped, greyscale and palette
-        images are expanded to RGB. EXIF orientation is not applied: coordinates refer to
-        the stored pixel grid.
+        images are expanded to RGB (16-bit greyscale keeps each sample's high byte). EXIF
+        orientation is not applied: coordinates refer to the stored pixel grid.
 
     Raises:
         ImageTooLarge: the header declares more than ``max_pixels`` pixels.
@@ -65,6 +76,8 @@ def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np
                     f"{field}: image of {width}x{height} = {width * height} pixels exceeds the "
                     f"limit of {max_pixels} pixels", field=field)
             im.load()
+            if im.mode in _SIXTEEN_BIT_GREY:
+                return _grey16_to_rgb(np.asarray(im))
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             return np.array(rgb)  # a writable copy: torchvision's ToTensor warns on read-only arrays
     except Image.DecompressionBombError as exc:
@@ -80,8 +93,8 @@ def encode_mask(mask: np.ndarray) -> str:
     row-major, top row first (protocol v1 ``maskBase64``)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    return base64.b64encode(np.ascontiguousarray((mask != 0).view(np.uint8) * np.uint8(255))
-                            ).decode("ascii")
+    return pybase64.b64encode_as_string(
+        np.ascontiguousarray((mask != 0).view(np.uint8) * np.uint8(255)))
 
 
 def decode_mask(text: str, width: int, height: int) -> np.ndarray:
@@ -90,7 +103,7 @@ def decode_mask(text: str, width: int, height: int) -> np.ndarray:
     Raises:
         ValueError: the decoded length is not width*height.
     """
-    raw = base64.b64decode(text, validate=True)
+    raw = pybase64.b64decode(text, validate=True)
     if len(raw) != width * height:
         raise ValueError(f"mask has {len(raw)} bytes, expected {width}x{height} = {width * height}")
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width)

@@ -44,16 +44,37 @@ class SegmentRequest:
     """``op`` absent or ``"segment"``: segment one image with a box and/or points.
 
     ``width`` and ``height`` are what the client says the image is; the daemon checks
-    them against the decoded image. ``image_base64`` is still encoded (plain base64 or a
-    ``data:image/...;base64,`` URL); :mod:`sam2_service.imaging` decodes it.
+    them against the image. Exactly one of ``image_base64`` (still encoded: plain base64 or
+    a ``data:image/...;base64,`` URL; :mod:`sam2_service.imaging` decodes it) and
+    ``image_id`` (an ``imageId`` from an earlier reply, 64 hex characters) is set.
     """
 
     request_id: str
     width: int
     height: int
-    image_base64: str
+    image_base64: str | None
     bbox: BBox | None
     points: tuple[Point, ...]
+    image_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """``{"op": "embed"}``: compute (or find) an image's embedding and return its
+    ``imageId``; no mask. ``width``/``height`` are optional here and checked when given."""
+
+    request_id: str
+    image_base64: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """``{"op": "release", "imageId": ...}``: drop that image's cached embedding."""
+
+    request_id: str
+    image_id: str
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,9 @@ class InfoRequest:
     request_id: str
 
 
-Request = Union[SegmentRequest, PingRequest, InfoRequest]
+Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest]
+OPS = ("segment", "embed", "release", "ping", "info")
+_HEX = frozenset("0123456789abcdef")
 
 
 def new_request_id() -> str:
@@ -145,6 +168,46 @@ def _parse_points(value: Any, max_points: int) -> tuple[Point, ...]:
     return tuple(points)
 
 
+def _image_base64(obj: dict[str, Any]) -> str:
+    image = obj.get("imageBase64")
+    if not isinstance(image, str) or not image:
+        raise InvalidRequest("imageBase64 must be a non-empty string (base64 PNG/JPEG or data URL), "
+                             f"got {_type_name(image) if not isinstance(image, str) else 'empty string'}",
+                             field="imageBase64")
+    return image
+
+
+def _image_id(obj: dict[str, Any]) -> str:
+    value = obj.get("imageId")
+    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+        shown = repr(value[:80]) if isinstance(value, str) else _type_name(value)
+        raise InvalidRequest("imageId must be 64 lowercase hex characters (the imageId of an "
+                             f"earlier reply: SHA-256 of the image file), got {shown}",
+                             field="imageId")
+    return value
+
+
+def _segment_request(obj: dict[str, Any], request_id: str, max_points: int) -> SegmentRequest:
+    has_image, has_id = "imageBase64" in obj, "imageId" in obj
+    if has_image and has_id:
+        raise InvalidRequest("send either imageBase64 or imageId, not both", field="imageId")
+    return SegmentRequest(
+        request_id=request_id,
+        width=_positive_int(obj, "width"),
+        height=_positive_int(obj, "height"),
+        image_base64=None if has_id else _image_base64(obj),
+        bbox=_parse_bbox(obj.get("bbox")),
+        points=_parse_points(obj.get("points"), max_points),
+        image_id=_image_id(obj) if has_id else None,
+    )
+
+
+def _embed_request(obj: dict[str, Any], request_id: str) -> EmbedRequest:
+    image = _image_base64(obj)
+    size = [None if obj.get(k) is None else _positive_int(obj, k) for k in ("width", "height")]
+    return EmbedRequest(request_id, image, size[0], size[1])
+
+
 def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
     """Validate a decoded JSON object and return the typed request.
 
@@ -153,7 +216,7 @@ def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
         max_points: the most point prompts accepted in one request.
 
     Raises:
-        UnknownOp: ``op`` is a string other than segment, ping or info.
+        UnknownOp: ``op`` is a string other than those in :data:`OPS`.
         InvalidRequest: a field is missing or has the wrong type; the message names it.
     """
     request_id = read_request_id(obj)
@@ -167,35 +230,50 @@ def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
         return PingRequest(request_id)
     if op == "info":
         return InfoRequest(request_id)
+    if op == "embed":
+        return _embed_request(obj, request_id)
+    if op == "release":
+        return ReleaseRequest(request_id, _image_id(obj))
     if op != "segment":
-        raise UnknownOp(f"op {op!r} is not one of segment, ping, info", field="op")
-    image = obj.get("imageBase64")
-    if not isinstance(image, str) or not image:
-        raise InvalidRequest("imageBase64 must be a non-empty string (base64 PNG/JPEG or data URL), "
-                             f"got {_type_name(image) if not isinstance(image, str) else 'empty string'}",
-                             field="imageBase64")
-    return SegmentRequest(
-        request_id=request_id,
-        width=_positive_int(obj, "width"),
-        height=_positive_int(obj, "height"),
-        image_base64=image,
-        bbox=_parse_bbox(obj.get("bbox")),
-        points=_parse_points(obj.get("points"), max_points),
-    )
+        raise UnknownOp(f"op {op[:64]!r} is not one of {', '.join(OPS)}", field="op")
+    return _segment_request(obj, request_id, max_points)
+
+
+def _timings(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def segment_response(request_id: str, *, width: int, height: int, mask_base64: str,
-                     score: float, inference_time_ms: float) -> dict[str, Any]:
+                     score: float, image_id: str, cached: bool,
+                     timings: dict[str, float]) -> dict[str, Any]:
     """A successful segment reply. ``mask_base64`` encodes width*height bytes, 0 or 255,
-    row-major, top row first; ``score`` is SAM2's IoU prediction for that mask."""
+    row-major, top row first; ``score`` is SAM2's IoU prediction for that mask;
+    ``image_id`` the image's ``imageId``; ``cached`` whether its embedding was reused;
+    ``timings`` milliseconds by stage (``total`` among them; ``inferenceTimeMs`` repeats it
+    for the overlay client)."""
     return {
         "requestId": request_id,
         "maskWidth": width,
         "maskHeight": height,
         "maskBase64": mask_base64,
         "score": score,
-        "inferenceTimeMs": round(inference_time_ms, 3),
+        "imageId": image_id,
+        "cached": cached,
+        "inferenceTimeMs": round(timings["total"], 3),
+        "timingsMs": _timings(timings),
     }
+
+
+def embed_response(request_id: str, *, width: int, height: int, image_id: str, cached: bool,
+                   timings: dict[str, float]) -> dict[str, Any]:
+    """The reply to ``{"op": "embed"}``: the image's ``imageId`` and size, no mask."""
+    return {"requestId": request_id, "ok": True, "imageId": image_id, "width": width,
+            "height": height, "cached": cached, "timingsMs": _timings(timings)}
+
+
+def release_response(request_id: str, *, image_id: str, released: bool) -> dict[str, Any]:
+    """The reply to ``{"op": "release"}``; ``released`` is False if nothing was cached."""
+    return {"requestId": request_id, "ok": True, "imageId": image_id, "released": released}
 
 
 def error_response(request_id: str, code: str, message: str) -> dict[str, Any]:

@@ -13,98 +13,26 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import stat
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .config import ServiceConfig
 from .engine import Sam2Engine, package_versions
-from .errors import FrameTooLarge, ServiceError, StartupError
+from .errors import FrameTooLarge, ServiceError, ShuttingDown, StartupError
 from .logs import event
 from .protocol import FrameDecoder, decode_message, encode_message
-from .schema import (PROTOCOL_VERSION, InfoRequest, PingRequest, SegmentRequest, error_response,
-                     new_request_id, parse_request, ping_response, read_request_id,
+from .schema import (PROTOCOL_VERSION, EmbedRequest, InfoRequest, PingRequest, ReleaseRequest,
+                     SegmentRequest, embed_response, error_response, new_request_id,
+                     parse_request, ping_response, read_request_id, release_response,
                      segment_response)
+from .sockets import bind_unix_socket, check_socket_path, peer_allowed, peer_hung_up, peer_uid
 from .worker import InferenceWorker
 
 log = logging.getLogger("sam2_service.server")
 
 READ_CHUNK = 1 << 18  # bytes asked of the socket per read
-LISTEN_BACKLOG = 64
 DUMMY_WARNING = "DUMMY WEIGHTS: random-init model loaded with --dummy-weights; masks are meaningless"
-
-
-def max_socket_path_bytes(platform: str = sys.platform) -> int:
-    """Longest Unix socket path the platform's ``sockaddr_un.sun_path`` holds, without its NUL:
-    107 bytes on Linux (108-byte field), 103 on macOS and the BSDs (104-byte field)."""
-    return 107 if platform.startswith("linux") else 103
-
-
-def _probe_existing(path: str) -> None:
-    """Make ``path`` free for bind: remove a stale socket; refuse anything else.
-
-    Raises:
-        StartupError: a live daemon answers there, or the path is not a socket.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"{path} exists and is not a socket; refusing to replace it "
-                           "(remove it yourself or choose another --socket)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: nobody listens
-        return
-    except OSError as exc:
-        raise StartupError(f"cannot probe existing socket {path}: {exc}") from None
-    finally:
-        probe.close()
-    raise StartupError(f"already running: a daemon is listening on {path} "
-                       "(stop it first, or choose another --socket)")
-
-
-def check_socket_path(path: str) -> None:
-    """Fail fast, before the model loads, if ``path`` cannot become our socket.
-
-    Raises:
-        StartupError: the path is too long for the platform, a live daemon answers there,
-            or it exists and is not a socket. A stale socket is removed.
-    """
-    limit = max_socket_path_bytes()
-    if len(os.fsencode(path)) > limit:
-        raise StartupError(f"socket path is {len(os.fsencode(path))} bytes, longer than this "
-                           f"platform's limit of {limit}: choose a shorter --socket")
-    _probe_existing(path)
-
-
-def bind_unix_socket(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``, owner-only (0600) from birth: the umask is set
-    before ``bind`` (as ssh-agent does), not a chmod after.
-
-    Raises:
-        StartupError: see :func:`check_socket_path`, or bind fails.
-    """
-    check_socket_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot bind {path}: {exc}") from None
-    finally:
-        os.umask(old_umask)
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 @dataclass
@@ -179,7 +107,8 @@ class Server:
               checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path))
         if eng.weights == "dummy":
             event(log, DUMMY_WARNING, logging.WARNING)
-        self.worker = InferenceWorker(eng, cfg.max_image_pixels)
+        self.worker = InferenceWorker(eng, cfg.max_image_pixels, cache_bytes=cfg.cache_bytes,
+                                      max_queue=cfg.max_queue)
         if cfg.warmup:
             warmup_ms = await self.worker.warmup()
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
@@ -196,6 +125,10 @@ class Server:
         if self._server is not None:
             self._server.close()
         self._stop.set()
+        if self.worker is not None:
+            failed = self.worker.fail_waiting()
+            if failed:
+                event(log, "Refused queued requests", queued=failed, code="shutting_down")
         for task, conn in list(self._conns.items()):
             if not conn.busy:
                 task.cancel()
@@ -206,7 +139,7 @@ class Server:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         if self.worker is not None:
-            self.worker.close(wait=False)
+            self.worker.close()
         self._unlink_socket()
         if self._server is not None:
             event(log, "Server stopped", socket=self.config.socket_path)
@@ -229,24 +162,21 @@ class Server:
         conn = self._conns[task] = _Connection()
         decoder = FrameDecoder(self.config.max_frame_bytes)
         try:
+            if not self._admit(writer):
+                return
             while not self._stop.is_set():
-                try:
-                    payload = decoder.next_frame()
-                except FrameTooLarge as exc:  # cannot resynchronise: answer, then close
-                    writer.write(encode_message(self._error(new_request_id(), exc)))
-                    await writer.drain()
-                    break
+                payload = await self._next_frame(reader, writer, decoder)
                 if payload is None:
-                    data = await reader.read(READ_CHUNK)
-                    if not data:
-                        break
-                    decoder.feed(data)
-                    continue
+                    break
                 conn.busy = True
-                response = await self._respond(payload)
+                response = await self._answer_watching(payload, reader, writer, decoder)
+                if response is None:
+                    break  # the peer hung up; its request was dropped
                 writer.write(encode_message(response))
                 await writer.drain()
                 conn.busy = False
+            if self._stop.is_set():
+                await self._refuse_buffered(decoder, writer)
         except (ConnectionError, asyncio.CancelledError):
             pass  # peer went away, or shutdown closed an idle connection
         finally:
@@ -255,8 +185,88 @@ class Server:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _respond(self, payload: bytes) -> dict[str, Any]:
-        """Answer one frame's payload; never raises (errors become error responses)."""
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Check the peer's uid (:func:`peer_uid`); refuse other users."""
+        sock = writer.get_extra_info("socket")
+        try:
+            uid = peer_uid(sock) if sock is not None else None
+        except OSError:
+            uid = None
+        if peer_allowed(uid, os.geteuid()):
+            return True
+        event(log, "Refused connection from another user", logging.WARNING, peerUid=uid)
+        return False
+
+    async def _next_frame(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          decoder: FrameDecoder) -> bytes | None:
+        """The next complete frame's payload, or None when the connection should close:
+        the peer hung up, sent an oversize prefix (answered ``frame_too_large``), or sent no
+        complete frame within ``idle_timeout`` (partial data does not extend it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.idle_timeout
+        while True:
+            try:
+                payload = decoder.next_frame()
+            except FrameTooLarge as exc:  # cannot resynchronise: answer, then close
+                writer.write(encode_message(self._error(new_request_id(), exc)))
+                await writer.drain()
+                return None
+            if payload is not None:
+                return payload
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), deadline - loop.time())
+            except asyncio.TimeoutError:
+                event(log, "Closed idle connection", idleTimeout=self.config.idle_timeout,
+                      partialFrame=decoder.in_frame)
+                return None
+            if not data:
+                return None
+            decoder.feed(data)
+
+    async def _answer_watching(self, payload: bytes, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter,
+                               decoder: FrameDecoder) -> dict[str, Any] | None:
+        """Answer ``payload`` while still reading the socket, so that a peer that hangs up
+        is noticed: its job is then dropped (or, if running, finished and discarded) and
+        None returned. Bytes read meanwhile (pipelined requests) go to ``decoder``, up to
+        one frame's worth; a half-close (EOF without hang-up) still gets its reply."""
+        respond = asyncio.ensure_future(self._respond(payload, time.monotonic()))
+        read: asyncio.Future | None = None
+        limit = self.config.max_frame_bytes + 4
+        try:
+            while read is not None or decoder.buffered < limit:
+                read = read or asyncio.ensure_future(reader.read(READ_CHUNK))
+                await asyncio.wait({respond, read}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    break
+                data, read = read.result(), None
+                if data:
+                    decoder.feed(data)
+                    continue
+                sock = writer.get_extra_info("socket")
+                if sock is not None and peer_hung_up(sock):
+                    event(log, "Client disconnected; request dropped")
+                    return None
+                break  # half-closed: answer, then the loop ends at EOF
+            return await respond
+        finally:
+            for fut in (respond, read):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+
+    async def _refuse_buffered(self, decoder: FrameDecoder, writer: asyncio.StreamWriter) -> None:
+        """On shutdown, answer requests already received but not started with
+        ``shutting_down``."""
+        with contextlib.suppress(FrameTooLarge):
+            while (payload := decoder.next_frame()) is not None:
+                rid = read_request_id(_loads_or_none(payload))
+                writer.write(encode_message(self._error(rid, ShuttingDown(
+                    "the daemon is shutting down; the request was not run"))))
+        await writer.drain()
+
+    async def _respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
+        """Answer one frame's payload; never raises (errors become error responses).
+        ``arrived`` is the ``time.monotonic()`` at which the frame was complete."""
         request_id = None
         try:
             obj = decode_message(payload)
@@ -266,8 +276,12 @@ class Server:
                 return ping_response(request.request_id)
             if isinstance(request, InfoRequest):
                 return self._info(request.request_id)
+            if isinstance(request, ReleaseRequest):
+                return self._release(request)
+            if isinstance(request, EmbedRequest):
+                return await self._embed(request, arrived)
             assert isinstance(request, SegmentRequest)
-            return await self._segment(request)
+            return await self._segment(request, arrived)
         except ServiceError as exc:
             return self._error(request_id or new_request_id(), exc)
         except Exception as exc:  # a bug or a model failure: report it, keep serving
@@ -276,20 +290,38 @@ class Server:
                   code="internal")
             return error_response(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _segment(self, request: SegmentRequest) -> dict[str, Any]:
+    async def _segment(self, request: SegmentRequest, arrived: float) -> dict[str, Any]:
         assert self.worker is not None
         event(log, "Received request", requestId=request.request_id,
               hasBbox=request.bbox is not None, points=len(request.points),
-              imageChars=len(request.image_base64))
-        out = await self.worker.segment(request)
+              imageChars=len(request.image_base64 or ""), imageId=request.image_id)
+        out = await self.worker.segment(request, arrived + self.config.request_timeout)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         event(log, "Inference complete", requestId=request.request_id,
-              inferenceTimeMs=round(out.total_ms, 1), maskCoverage=round(out.coverage, 4),
-              score=round(out.score, 4), decodeMs=round(out.decode_ms, 1),
-              encodeMs=round(out.encode_ms, 1), predictMs=round(out.predict_ms, 1),
-              width=out.width, height=out.height)
+              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
+              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
+              width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in out.timings.items()})
         return segment_response(request.request_id, width=out.width, height=out.height,
                                 mask_base64=out.mask_base64, score=out.score,
-                                inference_time_ms=out.total_ms)
+                                image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
+        assert self.worker is not None
+        out = await self.worker.embed(request, arrived + self.config.request_timeout)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
+        event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
+              cached=out.cached, width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
+        return embed_response(request.request_id, width=out.width, height=out.height,
+                              image_id=out.image_id, cached=out.cached, timings=timings)
+
+    def _release(self, request: ReleaseRequest) -> dict[str, Any]:
+        assert self.worker is not None
+        released = self.worker.release(request.image_id)
+        event(log, "Image released", requestId=request.request_id, imageId=request.image_id,
+              released=released)
+        return release_response(request.request_id, image_id=request.image_id, released=released)
 
     def _error(self, request_id: str, exc: ServiceError) -> dict[str, Any]:
         event(log, "Request failed", logging.WARNING, requestId=request_id, code=exc.code,
@@ -298,12 +330,29 @@ class Server:
 
     def _info(self, request_id: str) -> dict[str, Any]:
         assert self.engine is not None
-        info: dict[str, Any] = {"requestId": request_id, "ok": True,
-                                "protocol": PROTOCOL_VERSION, **self.engine.info(),
-                                "socket": self.config.socket_path, "pid": os.getpid()}
+        assert self.worker is not None
+        cfg, stats = self.config, self.worker.cache_stats()
+        info: dict[str, Any] = {
+            "requestId": request_id, "ok": True, "protocol": PROTOCOL_VERSION,
+            **self.engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
+            "cache": {"capacityBytes": cfg.cache_bytes, "bytes": stats.bytes,
+                      "entries": stats.entries, "hits": stats.hits, "misses": stats.misses,
+                      "evictions": stats.evictions},
+            "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
+            "limits": {"maxFrameBytes": cfg.max_frame_bytes,
+                       "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
+                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
+        }
         if self.engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info
+
+
+def _loads_or_none(payload: bytes) -> Any:
+    try:
+        return decode_message(payload)
+    except ServiceError:
+        return None
 
 
 def run(config: ServiceConfig) -> int:

@@ -1,25 +1,34 @@
-"""The inference worker: one dedicated thread that owns the model.
+"""The inference worker: one dedicated thread that owns the model and the embedding cache.
 
-Everything slow for one segment request (base64 and image decoding, prompt validation,
-image encoding, mask prediction, mask encoding) runs in :func:`segment_job` on that
-thread, so the asyncio loop never blocks and SAM2's predictor, which keeps the current
-image's embedding as state, is only ever touched by one thread.
+Everything slow for one request (base64 and image decoding, image encoding, mask
+prediction, mask encoding) runs on that thread, so the asyncio loop never blocks and
+SAM2's predictor, which keeps the current image's embedding as state, is only ever touched
+by one thread. Jobs wait in a bounded queue (``max_queue``; beyond it :class:`Busy` at
+once), each with a deadline (:class:`RequestTimeout`); a job whose client has gone is
+dropped before it starts, and one already running is finished and its result discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from .engine import Sam2Engine
+from .cache import CacheStats, EmbeddingCache, image_id
+from .engine import Embedding, Sam2Engine
+from .errors import (Busy, InvalidRequest, OutOfMemory, RequestTimeout, ShuttingDown,
+                     UnknownImage)
 from .imaging import decode_base64, decode_image, encode_mask
 from .prompts import validate
-from .schema import SegmentRequest
+from .schema import EmbedRequest, SegmentRequest
 
 T = TypeVar("T")
+log = logging.getLogger("sam2_service.worker")
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,11 @@ class SegmentOutcome:
         mask_base64: see :func:`sam2_service.imaging.encode_mask`.
         score: SAM2's IoU prediction for the mask.
         coverage: fraction of mask pixels that are foreground, 0..1.
-        decode_ms, encode_ms, predict_ms, total_ms: time in image decoding (base64, PNG/JPEG
-            and prompt validation), image encoding, prediction, and the whole job incl.
-            mask encoding, in milliseconds.
+        image_id: the image's ``imageId`` (:func:`sam2_service.cache.image_id`).
+        cached: True when the image embedding came from the cache.
+        timings: ms by stage: ``decode`` (base64, hash, PNG/JPEG, prompt checks), ``encode``
+            (image embedding; 0 when cached), ``predict`` (SAM2's ``predict``), ``mask``
+            (mask to base64), ``queue`` (waiting for the inference thread).
     """
 
     width: int
@@ -41,59 +52,288 @@ class SegmentOutcome:
     mask_base64: str
     score: float
     coverage: float
-    decode_ms: float
-    encode_ms: float
-    predict_ms: float
-    total_ms: float
+    image_id: str
+    cached: bool
+    timings: dict[str, float]
 
 
-def segment_job(engine: Sam2Engine, request: SegmentRequest, max_image_pixels: int) -> SegmentOutcome:
-    """Decode the request's image, validate its prompts, and segment. Blocking.
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """What one embed request produced: the image's size, ``imageId``, whether its
+    embedding was already cached, and ms by stage (``decode``, ``encode``, ``queue``)."""
 
-    Raises:
-        ImageDecodeError, ImageTooLarge, InvalidRequest: bad input (see their modules).
-    """
-    t0 = time.perf_counter()
-    image = decode_image(decode_base64(request.image_base64), max_image_pixels)
-    prompts = validate(request, image.shape[:2])
-    t1 = time.perf_counter()
-    result = engine.segment(image, prompts)
-    mask_b64 = encode_mask(result.mask)
-    total = (time.perf_counter() - t0) * 1000
-    return SegmentOutcome(
-        width=image.shape[1], height=image.shape[0], mask_base64=mask_b64, score=result.score,
-        coverage=float(result.mask.mean()), decode_ms=(t1 - t0) * 1000,
-        encode_ms=result.encode_ms, predict_ms=result.predict_ms, total_ms=total)
+    width: int
+    height: int
+    image_id: str
+    cached: bool
+    timings: dict[str, float]
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    deadline: float  # time.monotonic() seconds
+    state: str = "waiting"  # -> running | dropped
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
 
 
 class InferenceWorker:
-    """Runs jobs on the model's single thread, in submission order.
+    """Runs jobs on the model's single thread, in arrival order.
 
     Args:
         engine: the loaded model; only this worker's thread calls it.
-        max_image_pixels: passed to :func:`segment_job`.
+        max_image_pixels: the pixel ceiling for image decoding.
+        cache_bytes: the embedding cache's budget (0: off).
+        max_queue: most jobs waiting (not yet started); more raise :class:`Busy`.
     """
 
-    def __init__(self, engine: Sam2Engine, max_image_pixels: int) -> None:
+    def __init__(self, engine: Sam2Engine, max_image_pixels: int, *, cache_bytes: int = 0,
+                 max_queue: int = 8) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-inference")
+        self.max_queue = max_queue
+        self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
+        self._cache_lock = threading.Lock()  # the loop thread releases entries too
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._waiting = 0
+        self._closed = False
+        self.last_progress = time.monotonic()  # last job start or end (for the watchdog)
+        self._thread = threading.Thread(target=self._run, name="sam2-inference", daemon=True)
+        self._thread.start()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the inference thread and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    # -- the inference thread --------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+                if job.state != "waiting":
+                    continue
+                job.state = "running"
+                self._waiting -= 1
+            job.started = time.perf_counter()
+            self.last_progress = time.monotonic()
+            try:
+                if time.monotonic() > job.deadline:
+                    raise RequestTimeout("the request waited longer than the request timeout "
+                                         "for the model")
+                outcome: tuple[bool, Any] = (True, job.fn())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome = (False, exc)
+            self.last_progress = time.monotonic()
+            job.loop.call_soon_threadsafe(_settle, job.future, outcome)
 
-    async def segment(self, request: SegmentRequest) -> SegmentOutcome:
-        """Run :func:`segment_job` on the inference thread and await its outcome."""
-        return await self.run(segment_job, self.engine, request, self.max_image_pixels)
+    # -- the event loop's side ---------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Jobs accepted and not yet started."""
+        return self._waiting
+
+    @property
+    def alive(self) -> bool:
+        """True while the inference thread runs."""
+        return self._thread.is_alive()
+
+    async def call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """Run ``fn(*args)`` on the inference thread and await its result.
+
+        Args:
+            deadline: ``time.monotonic()`` by which the result must be here, or None.
+
+        Raises:
+            Busy: ``max_queue`` jobs already wait.
+            ShuttingDown: the worker is closed, or was closed while the job waited.
+            RequestTimeout: the deadline passed (a running job is finished, its result dropped).
+            asyncio.CancelledError: the caller was cancelled (its job is dropped likewise).
+        """
+        loop = asyncio.get_running_loop()
+        job = _Job(functools.partial(fn, *args), loop.create_future(), loop,
+                   float("inf") if deadline is None else deadline)
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("the daemon is shutting down")
+            if self._waiting >= self.max_queue:
+                raise Busy(f"{self._waiting} requests already wait for the model "
+                           f"(max queue {self.max_queue}); try again shortly")
+            self._queue.append(job)
+            self._waiting += 1
+            self._cond.notify()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except asyncio.TimeoutError:
+            self._drop(job)
+            raise RequestTimeout("no reply within the request timeout") from None
+        except asyncio.CancelledError:
+            self._drop(job)
+            raise
+
+    def _drop(self, job: _Job) -> None:
+        with self._cond:
+            if job.state == "waiting":
+                job.state = "dropped"
+                self._waiting -= 1
+        job.future.cancel()
+
+    def fail_waiting(self) -> int:
+        """Close the queue: jobs not yet started get :class:`ShuttingDown`; the running
+        one goes on. Returns how many jobs were failed."""
+        with self._cond:
+            self._closed = True
+            jobs = [j for j in self._queue if j.state == "waiting"]
+            for job in jobs:
+                job.state = "dropped"
+            self._waiting = 0
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            _settle(job.future, (False, ShuttingDown("the daemon is shutting down; the "
+                                                     "request was not run")))
+        return len(jobs)
+
+    def close(self) -> None:
+        """Stop the thread after the running job (not waited for: the thread is a daemon
+        thread, so a hung inference cannot hold the process past its shutdown timeout)."""
+        self.fail_waiting()
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def segment(self, request: SegmentRequest, deadline: float | None = None) -> SegmentOutcome:
+        """Segment ``request`` on the inference thread (see :meth:`_segment_job`)."""
+        submitted = time.perf_counter()
+        out = await self.call(self._guard(self._segment_job), request, deadline=deadline)
+        out.timings["queue"] = (out.timings.pop("_started") - submitted) * 1000
+        return out
+
+    async def embed(self, request: EmbedRequest, deadline: float | None = None) -> EmbedOutcome:
+        """Compute or find ``request``'s image embedding on the inference thread."""
+        submitted = time.perf_counter()
+        out = await self.call(self._guard(self._embed_job), request, deadline=deadline)
+        out.timings["queue"] = (out.timings.pop("_started") - submitted) * 1000
+        return out
+
+    def release(self, image: str) -> bool:
+        """Drop ``image``'s cached embedding; False if none was cached."""
+        with self._cache_lock:
+            return self.cache.release(image) > 0
+
+    def cache_stats(self) -> CacheStats:
+        """The embedding cache's counters."""
+        with self._cache_lock:
+            return self.cache.stats()
 
     async def warmup(self) -> float:
         """Run :meth:`Sam2Engine.warmup` on the inference thread (ms taken). It must be that
         thread: torch keeps per-thread state (on CUDA the cuBLAS/cuDNN handles) whose
         creation would otherwise land on the first request."""
-        return await self.run(self.engine.warmup)
+        return await self.call(self.engine.warmup)
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the thread; with ``wait`` let the running job finish first. Queued jobs
-        that have not started are cancelled."""
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def _guard(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """Turn the device's out-of-memory error into :class:`OutOfMemory`, after freeing
+        the embedding cache and the allocator's cached blocks so the next request can run."""
+
+        def guarded(*args: Any) -> T:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not self.engine.is_out_of_memory(exc):
+                    raise
+                with self._cache_lock:
+                    freed = self.cache.clear()
+                self.engine.free_memory()
+                log.warning("out of memory; freed %d bytes of cached embeddings", freed)
+                raise OutOfMemory(f"the model's device ran out of memory ({str(exc)[:200]}); "
+                                  "cached embeddings were freed, try again or send a smaller "
+                                  "image") from exc
+
+        return guarded
+
+    def _embedding(self, data: bytes, iid: str, check: Callable[[tuple[int, int]], T],
+                   timings: dict[str, float]) -> tuple[Embedding, bool, T]:
+        """The cached embedding of ``data`` or a new one, and ``check((H, W))`` of the image
+        (prompt or size checks, run before the costly image encoding)."""
+        t0 = time.perf_counter()
+        with self._cache_lock:
+            emb = self.cache.get(iid, self.engine.model_id)
+        if emb is not None:
+            checked = check(emb.orig_hw)
+            timings["decode"] += _ms(t0)
+            return emb, True, checked
+        image = decode_image(data, self.max_image_pixels)
+        checked = check(image.shape[:2])
+        timings["decode"] += _ms(t0)
+        emb = self.engine.embed(image)
+        timings["encode"] = emb.encode_ms
+        with self._cache_lock:
+            self.cache.put(iid, emb.model_id, emb, emb.nbytes)
+        return emb, False, checked
+
+    def _segment_job(self, request: SegmentRequest) -> SegmentOutcome:
+        started = time.perf_counter()
+        timings = {"_started": started, "decode": 0.0, "encode": 0.0}
+        check = functools.partial(validate, request)
+        if request.image_id is not None:
+            iid = request.image_id
+            with self._cache_lock:
+                emb = self.cache.get(iid, self.engine.model_id)
+            if emb is None:
+                raise UnknownImage(f"imageId {iid} is not cached (never sent, evicted or "
+                                   "released): send the image as imageBase64", field="imageId")
+            prompts, cached = check(emb.orig_hw), True
+            timings["decode"] = _ms(started)
+        else:
+            assert request.image_base64 is not None
+            data = decode_base64(request.image_base64)
+            iid = image_id(data)
+            timings["decode"] = _ms(started)
+            emb, cached, prompts = self._embedding(data, iid, check, timings)
+        result = self.engine.predict(emb, prompts)
+        timings["predict"] = result.predict_ms
+        t0 = time.perf_counter()
+        mask_b64 = encode_mask(result.mask)
+        timings["mask"] = _ms(t0)
+        h, w = emb.orig_hw
+        return SegmentOutcome(width=w, height=h, mask_base64=mask_b64, score=result.score,
+                              coverage=float(result.mask.mean()), image_id=iid, cached=cached,
+                              timings=timings)
+
+    def _embed_job(self, request: EmbedRequest) -> EmbedOutcome:
+        started = time.perf_counter()
+        timings = {"_started": started, "decode": 0.0, "encode": 0.0}
+        data = decode_base64(request.image_base64)
+        iid = image_id(data)
+        timings["decode"] = _ms(started)
+        emb, cached, _ = self._embedding(data, iid, functools.partial(_check_size, request),
+                                         timings)
+        h, w = emb.orig_hw
+        return EmbedOutcome(w, h, iid, cached, timings)
+
+
+def _check_size(request: EmbedRequest, hw: tuple[int, int]) -> None:
+    """Raise :class:`InvalidRequest` if the embed request's optional width/height differ
+    from the image's (H, W)."""
+    h, w = hw
+    for name, given, actual in (("width", request.width, w), ("height", request.height, h)):
+        if given is not None and given != actual:
+            raise InvalidRequest(f"{name} is {given} but the image is {w}x{h}", field=name)
+
+
+def _settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
+    """Set ``future``'s result or exception unless its waiter has gone (cancelled)."""
+    if future.done():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

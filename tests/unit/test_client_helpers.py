@@ -148,7 +148,8 @@ def test_parse_segment_response_success():
     mask = np.zeros((3, 5), dtype=bool)
     mask[0, 1] = mask[2, 4] = True
     reply = segment_response("r1", width=5, height=3, mask_base64=encode_mask(mask),
-                             score=0.875, inference_time_ms=12.5)
+                             score=0.875, image_id="ab" * 32, cached=True,
+                             timings={"decode": 1.0, "total": 12.5})
     result = parse_segment_response(reply)
     assert result.request_id == "r1"
     assert result.mask.shape == (3, 5)
@@ -158,6 +159,8 @@ def test_parse_segment_response_success():
     assert result.inference_time_ms == 12.5
     assert "maskBase64" not in result.response
     assert result.response["maskWidth"] == 5
+    assert result.image_id == "ab" * 32
+    assert result.cached is True
 
 
 def test_parse_segment_response_hand_built():

@@ -81,7 +81,8 @@ def test_invalid_precision():
         ServiceConfig(precision="float16")
 
 
-@pytest.mark.parametrize("name", ["log_max_bytes", "max_frame_bytes", "max_image_pixels",
+@pytest.mark.parametrize("name", ["log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_queue",
+                                  "request_timeout", "idle_timeout", "shutdown_timeout",
                                   "max_points"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_sizes_must_be_positive(name, value):

@@ -11,13 +11,17 @@ from hypothesis import strategies as st
 from sam2_service.errors import InvalidRequest, ServiceError, UnknownOp
 from sam2_service.schema import (
     BBox,
+    EmbedRequest,
     InfoRequest,
     PingRequest,
     Point,
+    ReleaseRequest,
     SegmentRequest,
+    embed_response,
     error_response,
     parse_request,
     ping_response,
+    release_response,
     read_request_id,
     segment_response,
 )
@@ -273,10 +277,76 @@ def test_error_response_shape(code):
 
 def test_segment_response_shape():
     resp = segment_response("r1", width=4, height=3, mask_base64="AAA=", score=0.75,
-                            inference_time_ms=12.34567)
+                            image_id="0f" * 32, cached=False,
+                            timings={"decode": 1.23456, "predict": 2.0, "total": 12.34567})
     assert resp == {"requestId": "r1", "maskWidth": 4, "maskHeight": 3, "maskBase64": "AAA=",
-                    "score": 0.75, "inferenceTimeMs": 12.346}
+                    "score": 0.75, "imageId": "0f" * 32, "cached": False,
+                    "inferenceTimeMs": 12.346,
+                    "timingsMs": {"decode": 1.235, "predict": 2.0, "total": 12.346}}
     assert "error" not in resp
+
+
+def test_embed_and_release_response_shapes():
+    assert embed_response("e", width=4, height=3, image_id="a" * 64, cached=True,
+                          timings={"total": 1.00049}) == {
+        "requestId": "e", "ok": True, "imageId": "a" * 64, "width": 4, "height": 3,
+        "cached": True, "timingsMs": {"total": 1.0}}
+    assert release_response("r", image_id="b" * 64, released=False) == {
+        "requestId": "r", "ok": True, "imageId": "b" * 64, "released": False}
+
+
+# --- imageId, embed, release ----------------------------------------------------------
+
+IMAGE_ID = "0123456789abcdef" * 4
+
+
+def test_segment_by_image_id():
+    req = parse({"requestId": "r", "width": 4, "height": 3, "imageId": IMAGE_ID})
+    assert isinstance(req, SegmentRequest)
+    assert req.image_id == IMAGE_ID and req.image_base64 is None
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65, 7, None,
+                                 ["0" * 64]])
+def test_bad_image_id(bad):
+    with pytest.raises(InvalidRequest, match="imageId must be 64 lowercase hex") as info:
+        parse({"width": 4, "height": 3, "imageId": bad})
+    assert info.value.field == "imageId"
+
+
+def test_image_and_image_id_together_is_invalid():
+    with pytest.raises(InvalidRequest, match="either imageBase64 or imageId") as info:
+        parse({"width": 4, "height": 3, "imageId": IMAGE_ID, "imageBase64": "AAAA"})
+    assert info.value.field == "imageId"
+
+
+def test_segment_by_image_id_still_needs_size():
+    with pytest.raises(InvalidRequest, match="width"):
+        parse({"imageId": IMAGE_ID, "height": 3})
+
+
+def test_embed_request():
+    assert parse({"op": "embed", "requestId": "e", "imageBase64": "AAAA"}) == \
+        EmbedRequest("e", "AAAA", None, None)
+    assert parse({"op": "embed", "requestId": "e", "imageBase64": "AAAA", "width": 5,
+                  "height": 2}) == EmbedRequest("e", "AAAA", 5, 2)
+
+
+@pytest.mark.parametrize("obj, field", [({"op": "embed"}, "imageBase64"),
+                                        ({"op": "embed", "imageBase64": "AA==", "width": 0},
+                                         "width"),
+                                        ({"op": "embed", "imageId": IMAGE_ID}, "imageBase64"),
+                                        ({"op": "release"}, "imageId"),
+                                        ({"op": "release", "imageId": "x"}, "imageId")])
+def test_embed_release_errors_name_the_field(obj, field):
+    with pytest.raises(InvalidRequest) as info:
+        parse(obj)
+    assert info.value.field == field
+
+
+def test_release_request():
+    assert parse({"op": "release", "requestId": "q", "imageId": IMAGE_ID}) == \
+        ReleaseRequest("q", IMAGE_ID)
 
 
 def test_ping_response_shape():
@@ -285,9 +355,9 @@ def test_ping_response_shape():
 
 # --- property ---------------------------------------------------------------------------
 
-FIELDS = ["op", "requestId", "width", "height", "imageBase64", "bbox", "points",
+FIELDS = ["op", "requestId", "width", "height", "imageBase64", "imageId", "bbox", "points",
           "x1", "y1", "x2", "y2", "x", "y", "label"]
-OPS = st.sampled_from(["segment", "ping", "info", "other"])
+OPS = st.sampled_from(["segment", "ping", "info", "embed", "release", "other"])
 
 # orjson (the only source of request objects on the wire) yields integers in
 # [-2**63, 2**64 - 1]; larger literals come back as floats.

@@ -1,0 +1,122 @@
+"""The daemon's Unix socket: path checks, owner-only binding, peer credentials.
+
+Small platform functions (Linux is tested here; the macOS branches are not run here):
+``sockaddr_un`` path limits, the peer-uid check (``SO_PEERCRED`` / ``LOCAL_PEERCRED``),
+and telling a hang-up from a half-close.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+
+from .errors import StartupError
+
+LISTEN_BACKLOG = 64
+
+
+def max_socket_path_bytes(platform: str = sys.platform) -> int:
+    """Longest Unix socket path the platform's ``sockaddr_un.sun_path`` holds, without its NUL:
+    107 bytes on Linux (108-byte field), 103 on macOS and the BSDs (104-byte field)."""
+    return 107 if platform.startswith("linux") else 103
+
+
+def _probe_existing(path: str) -> None:
+    """Make ``path`` free for bind: remove a stale socket; refuse anything else.
+
+    Raises:
+        StartupError: a live daemon answers there, or the path is not a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it "
+                           "(remove it yourself or choose another --socket)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: nobody listens
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot probe existing socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"already running: a daemon is listening on {path} "
+                       "(stop it first, or choose another --socket)")
+
+
+def check_socket_path(path: str) -> None:
+    """Fail fast, before the model loads, if ``path`` cannot become our socket.
+
+    Raises:
+        StartupError: the path is too long for the platform, a live daemon answers there,
+            or it exists and is not a socket. A stale socket is removed.
+    """
+    limit = max_socket_path_bytes()
+    if len(os.fsencode(path)) > limit:
+        raise StartupError(f"socket path is {len(os.fsencode(path))} bytes, longer than this "
+                           f"platform's limit of {limit}: choose a shorter --socket")
+    _probe_existing(path)
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, owner-only (0600) from birth: the umask is set
+    before ``bind`` (as ssh-agent does), not a chmod after.
+
+    Raises:
+        StartupError: see :func:`check_socket_path`, or bind fails.
+    """
+    check_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def peer_uid(sock: socket.socket, platform: str = sys.platform) -> int | None:
+    """The uid of the process at the other end of a connected Unix socket, or None where
+    the platform gives no way to read it.
+
+    Linux: ``SO_PEERCRED`` (struct ucred: pid, uid, gid). macOS and the BSDs:
+    ``LOCAL_PEERCRED`` at level ``SOL_LOCAL`` (0), a struct xucred whose ``cr_uid``
+    follows the 4-byte ``cr_version`` (what ``getpeereid(3)`` reads; not run here).
+    """
+    if platform.startswith("linux"):
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", raw)[1]
+    if platform == "darwin" or "bsd" in platform:
+        local_peercred = getattr(socket, "LOCAL_PEERCRED", 0x001)
+        raw = sock.getsockopt(0, local_peercred, 76)  # sizeof(struct xucred)
+        return struct.unpack_from("=II", raw)[1]
+    return None
+
+
+def peer_allowed(uid: int | None, own_uid: int) -> bool:
+    """Whether a peer may talk to the daemon: the daemon's own user, or root (as
+    ssh-agent allows). An unknown uid (no credential API) is allowed: the socket's 0600
+    mode is then the only guard."""
+    return uid is None or uid in (own_uid, 0)
+
+
+def peer_hung_up(sock: socket.socket) -> bool:
+    """True if the peer closed its end entirely (POLLHUP), not merely its writing half
+    (``shutdown(SHUT_WR)``, after which it still waits for replies)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return any(ev & select.POLLHUP for _, ev in poller.poll(0))
