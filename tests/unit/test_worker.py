@@ -5,62 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from sam2_service.cache import image_id
-from sam2_service.engine import Embedding, MaskResult
 from sam2_service.errors import (Busy, ImageDecodeError, InvalidRequest, OutOfMemory,
                                  RequestTimeout, ShuttingDown, UnknownImage)
 from sam2_service.imaging import decode_mask, encode_png
 from sam2_service.schema import BBox, EmbedRequest, SegmentRequest
 from sam2_service.worker import InferenceWorker
 
-MODEL = ("tiny", "fake", "float32", "cpu")
-
-
-class FakeOOM(RuntimeError):
-    pass
-
-
-class FakeEngine:
-    """Embeds by keeping the image; predicts "pixel > 127 inside the box"."""
-
-    def __init__(self) -> None:
-        self.model_id = MODEL
-        self.embeds = 0
-        self.predicts = 0
-        self.freed = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-        self.fail_with: BaseException | None = None
-
-    def embed(self, image: np.ndarray) -> Embedding:
-        self.started.set()
-        assert self.gate.wait(10)
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.embeds += 1
-        return Embedding({"image": image}, image.shape[:2], image.nbytes, self.model_id, 1.0)
-
-    def predict(self, emb: Embedding, prompts) -> MaskResult:
-        self.predicts += 1
-        mask = np.zeros(emb.orig_hw, dtype=bool)
-        x1, y1, x2, y2 = (int(v) for v in prompts.box)
-        mask[y1:y2, x1:x2] = emb.features["image"][y1:y2, x1:x2, 0] > 127
-        return MaskResult(mask, 0.5, 1.0)
-
-    @staticmethod
-    def is_out_of_memory(exc: BaseException) -> bool:
-        return isinstance(exc, FakeOOM)
-
-    def free_memory(self) -> None:
-        self.freed += 1
-
+from tests.fake_engine import FakeEngine, FakeOOM
 
 def png(seed: int, w: int = 8, h: int = 6) -> str:
     rng = np.random.default_rng(seed)

@@ -1,0 +1,251 @@
+"""Daemon request times beside in-process SAM2ImagePredictor, in one run (``make bench``).
+
+For each image size (640x480 and 1920x1080 PNG of skimage's astronaut photo) it starts a
+daemon on a temporary socket, and in this process a ``SAM2ImagePredictor`` with the same
+weights on the same device, then times, interleaved round by round so both see the same
+machine state:
+
+* **in-process full**: base64 decode + PNG decode + ``set_image`` + ``predict``;
+* **in-process predict**: ``predict`` alone on the image already set;
+* **daemon cold**: a segment request with an image the daemon has not seen (each round's
+  image differs in one pixel, so its hash differs and its embedding is computed);
+* **daemon warm, image resent**: the same request again (its embedding is cached);
+* **daemon warm, by imageId**: the request with ``imageId`` instead of the image.
+
+Daemon times are what a client sees: base64 of the image (when sent), JSON, the socket both
+ways, and decoding the reply's mask to a numpy array. Both sides use the same base64
+library. Also recorded once per size: the first request after the daemon started (warm-up on).
+
+Prints a Markdown table of medians and ratios, and writes it into ``docs/benchmarks.md``
+(the section for this device kind, cpu or cuda, is replaced; the others are kept). Without
+``--checkpoint`` a random-weight SAM2.1 checkpoint is saved first (the same compute as real
+weights).
+
+    python benchmarks/bench.py --device cpu --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pybase64
+import skimage.data
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from integration.conftest import reference_inference, start_daemon  # noqa: E402
+
+from sam2_service.config import MODELS  # noqa: E402
+from sam2_service.imaging import decode_mask  # noqa: E402
+from sam2_service.protocol import FrameDecoder, encode_message  # noqa: E402
+
+SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
+#: Targets of the embedding-cache issue (CPU, tiny, 1080p): (numerator, denominator, limit).
+TARGETS = {"by imageId / predict": 1.15, "resent / predict": 1.4, "cold / full": 1.15}
+OUT = ROOT / "docs" / "benchmarks.md"
+
+
+def photo(width: int, height: int, variant: int) -> bytes:
+    """skimage's astronaut resized to width x height, pixel (0, 0) set to ``variant``, as PNG."""
+    img = np.array(Image.fromarray(skimage.data.astronaut()).resize((width, height),
+                                                                      Image.BILINEAR))
+    img[0, 0] = variant % 256
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class RawClient:
+    """One connection; ``ask`` times a whole exchange, including the reply's mask decode."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.decoder = FrameDecoder(1 << 30)
+
+    def ask(self, request: dict) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        if "png" in request:
+            request = {k: v for k, v in request.items() if k != "png"}
+            request["imageBase64"] = pybase64.b64encode_as_string(request.pop("_png"))
+        self.sock.sendall(encode_message(request))
+        while (payload := self.decoder.next_frame()) is None:
+            self.decoder.feed(self.sock.recv(1 << 20))
+        reply = orjson.loads(payload)
+        assert "error" not in reply, reply
+        if "maskBase64" in reply:
+            decode_mask(reply["maskBase64"], reply["maskWidth"], reply["maskHeight"])
+        return (time.perf_counter() - t0) * 1000, reply
+
+
+def seg_request(png: bytes | None, width: int, height: int, image_id: str | None = None) -> dict:
+    box = [width * 0.2, height * 0.2, width * 0.7, height * 0.8]
+    req = {"width": width, "height": height, "bbox": dict(zip(("x1", "y1", "x2", "y2"), box))}
+    if image_id:
+        req["imageId"] = image_id
+    else:
+        req.update(png=True, _png=png)
+    return req
+
+
+def in_process(predictor, png: bytes, box: np.ndarray, device: str, dtype: str,
+               predict_repeats: int) -> tuple[float, list[float]]:
+    """(full ms, [predict-alone ms, ...]) in this process."""
+    b64 = pybase64.b64encode_as_string(png)  # what arrives; decoding it is timed
+    with reference_inference(device, dtype):
+        t0 = time.perf_counter()
+        image = np.array(Image.open(io.BytesIO(pybase64.b64decode(b64, validate=True))
+                                    ).convert("RGB"))
+        predictor.set_image(image)
+        predictor.predict(box=box, multimask_output=False)
+        sync(device)
+        full = (time.perf_counter() - t0) * 1000
+        preds = []
+        for _ in range(predict_repeats):
+            t0 = time.perf_counter()
+            predictor.predict(box=box, multimask_output=False)
+            sync(device)
+            preds.append((time.perf_counter() - t0) * 1000)
+    return full, preds
+
+
+def measure_size(tmp: Path, serve_args: tuple[str, ...], predictor, w: int, h: int,
+                 device: str, runs: int, repeats: int) -> dict[str, float]:
+    """Medians (ms) of every column for one image size."""
+    box = np.array(list(seg_request(None, w, h)["bbox"].values()), dtype=np.float32)
+    images = [photo(w, h, v) for v in range(runs + 2)]
+    daemon = start_daemon(tmp, *serve_args)
+    t: dict[str, list[float]] = {k: [] for k in ("full", "predict", "cold", "resent", "byid")}
+    try:
+        c = RawClient(daemon.socket_path)
+        first, _ = c.ask(seg_request(images[-1], w, h))
+        _, info = c.ask({"op": "info"})
+        in_process(predictor, images[-2], box, device, info["dtype"], 1)  # this side's warm-up
+        for png in images[:runs]:
+            full, preds = in_process(predictor, png, box, device, info["dtype"], repeats)
+            t["full"].append(full)
+            t["predict"] += preds
+            ms, reply = c.ask(seg_request(png, w, h))
+            assert reply["cached"] is False
+            t["cold"].append(ms)
+            for _ in range(repeats):
+                ms, reply = c.ask(seg_request(png, w, h))
+                assert reply["cached"] is True
+                t["resent"].append(ms)
+                ms, reply = c.ask(seg_request(None, w, h, reply["imageId"]))
+                t["byid"].append(ms)
+    finally:
+        daemon.stop()
+    return {"first": first, "dtype": info["dtype"],
+            **{k: statistics.median(v) for k, v in t.items()}}
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    name = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def table(rows: dict[str, dict], header: str) -> str:
+    lines = [header, "",
+             "| image (PNG) | in-process full | in-process predict | daemon cold | daemon warm, "
+             "resent | daemon warm, by imageId | first request after start "
+             "| by imageId / predict | resent / predict | cold / full |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in rows.items():
+        ratios = [r["byid"] / r["predict"], r["resent"] / r["predict"], r["cold"] / r["full"]]
+        marks = [f"{x:.2f}x {'ok' if x <= lim else 'MISSED'} (<= {lim})"
+                 for x, lim in zip(ratios, TARGETS.values())]
+        lines.append(f"| {label} | {r['full']:.1f} | {r['predict']:.1f} | {r['cold']:.1f} "
+                     f"| {r['resent']:.1f} | {r['byid']:.1f} | {r['first']:.1f} | "
+                     + " | ".join(marks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(kind: str, text: str, path: Path = OUT) -> None:
+    """Replace (or append) the ``kind`` section of ``path``, keeping the others."""
+    start, end = f"<!-- bench:{kind} -->", f"<!-- /bench:{kind} -->"
+    block = f"{start}\n{text}{end}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
+    path.write_text(new)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="tiny", choices=list(MODELS))
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--runs", type=int, default=5, help="rounds (cold and full: one each)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="warm and predict-alone samples per round")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    args = ap.parse_args()
+
+    import torch
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    tmp = Path(tempfile.mkdtemp(prefix="s2s-bench-", dir="/tmp"))
+    ckpt = args.checkpoint
+    if ckpt is None:
+        torch.manual_seed(0)
+        ckpt = tmp / "random.pt"
+        torch.save({"model": build_sam2(MODELS[args.model][0], None, device="cpu").state_dict()},
+                   ckpt)
+    serve_args = ("--model", args.model, "--checkpoint", str(ckpt), "--device", args.device)
+    predictor = SAM2ImagePredictor(build_sam2(MODELS[args.model][0], str(ckpt),
+                                              device=args.device))
+    rows = {label: measure_size(tmp, serve_args, predictor, w, h, args.device, args.runs,
+                                args.repeats) for label, (w, h) in SIZES.items()}
+    from sam2_service.engine import package_versions
+
+    v = package_versions()
+    dtype = next(iter(rows.values()))["dtype"]
+    header = (f"SAM2.1 {args.model}, device {args.device} ({machine(args.device)}), dtype {dtype}; "
+              f"torch {torch.__version__}, sam2 {v['sam2']}, Python {v['python']}, "
+              f"service {v['service']}; {args.runs} rounds x {args.repeats} warm samples; "
+              f"medians in ms; {time.strftime('%Y-%m-%d')}")
+    text = table(rows, header)
+    print("\n" + text)
+    if not args.no_write:
+        write_section("cuda" if args.device.startswith("cuda") else "cpu", text)
+        print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
