@@ -239,6 +239,10 @@ def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
     return _segment_request(obj, request_id, max_points)
 
 
+#: The stages timed on the inference thread; ``inferenceTimeMs`` is their sum.
+INFERENCE_STAGES = ("decode", "encode", "predict", "mask")
+
+
 def _timings(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in timings.items()}
 
@@ -249,8 +253,8 @@ def segment_response(request_id: str, *, width: int, height: int, mask_base64: s
     """A successful segment reply. ``mask_base64`` encodes width*height bytes, 0 or 255,
     row-major, top row first; ``score`` is SAM2's IoU prediction for that mask;
     ``image_id`` the image's ``imageId``; ``cached`` whether its embedding was reused;
-    ``timings`` milliseconds by stage (``total`` among them; ``inferenceTimeMs`` repeats it
-    for the overlay client)."""
+    ``timings`` milliseconds by stage (:data:`INFERENCE_STAGES`, ``queue``, ``total``);
+    ``inferenceTimeMs`` is the sum of the inference stages (the inference thread's time)."""
     return {
         "requestId": request_id,
         "maskWidth": width,
@@ -259,7 +263,7 @@ def segment_response(request_id: str, *, width: int, height: int, mask_base64: s
         "score": score,
         "imageId": image_id,
         "cached": cached,
-        "inferenceTimeMs": round(timings["total"], 3),
+        "inferenceTimeMs": round(sum(timings.get(k, 0.0) for k in INFERENCE_STAGES), 3),
         "timingsMs": _timings(timings),
     }
 

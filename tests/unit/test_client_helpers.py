@@ -149,7 +149,7 @@ def test_parse_segment_response_success():
     mask[0, 1] = mask[2, 4] = True
     reply = segment_response("r1", width=5, height=3, mask_base64=encode_mask(mask),
                              score=0.875, image_id="ab" * 32, cached=True,
-                             timings={"decode": 1.0, "total": 12.5})
+                             timings={"decode": 1.0, "predict": 11.5, "total": 13.0})
     result = parse_segment_response(reply)
     assert result.request_id == "r1"
     assert result.mask.shape == (3, 5)

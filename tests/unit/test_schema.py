@@ -278,11 +278,13 @@ def test_error_response_shape(code):
 def test_segment_response_shape():
     resp = segment_response("r1", width=4, height=3, mask_base64="AAA=", score=0.75,
                             image_id="0f" * 32, cached=False,
-                            timings={"decode": 1.23456, "predict": 2.0, "total": 12.34567})
+                            timings={"decode": 1.23456, "predict": 2.0, "queue": 5.0,
+                                     "total": 12.34567})
     assert resp == {"requestId": "r1", "maskWidth": 4, "maskHeight": 3, "maskBase64": "AAA=",
                     "score": 0.75, "imageId": "0f" * 32, "cached": False,
-                    "inferenceTimeMs": 12.346,
-                    "timingsMs": {"decode": 1.235, "predict": 2.0, "total": 12.346}}
+                    "inferenceTimeMs": 3.235,
+                    "timingsMs": {"decode": 1.235, "predict": 2.0, "queue": 5.0,
+                                  "total": 12.346}}
     assert "error" not in resp
 
 
