@@ -1,9 +1,12 @@
 """``sam2-service``: argument parsing only; each subcommand calls the server or the client.
 
 Subcommands: ``serve`` (the daemon), and the smoke-test client commands ``ping``,
-``info`` and ``segment``. The ``serve`` flags are generated from
-:class:`~sam2_service.config.ServiceConfig`'s fields, so flags, environment variables and
-defaults have one home.
+``info`` and ``segment`` (``--overlay`` draws the mask and prompts on the image), and
+``doctor`` (checks the set-up ``serve`` would use; it takes the same flags), and
+``install-service`` / ``uninstall-service`` (systemd or launchd files running ``serve`` with
+the given flags; :mod:`sam2_service.service_files`). The ``serve``
+flags are generated from :class:`~sam2_service.config.ServiceConfig`'s fields, so flags,
+environment variables and defaults have one home.
 """
 
 from __future__ import annotations
@@ -97,7 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="point x,y[,label] in pixels; label 1 foreground (default), 0 background; "
                           "repeatable")
     seg.add_argument("--output", type=Path, help="write the mask here as a PNG (0/255)")
+    seg.add_argument("--overlay", type=Path,
+                     help="write the image with the mask, box and points drawn on it here (PNG)")
+    doctor = sub.add_parser("doctor", help="check the set-up `serve` would use (takes its flags)")
+    _serve_flags(doctor)
+    _service_parsers(sub)
     return parser
+
+
+def _service_parsers(sub: Any) -> None:
+    from .service_files import PLATFORMS, default_platform
+
+    install = sub.add_parser("install-service",
+                             help="write a systemd user unit (Linux) or launchd agent (macOS) "
+                                  "that runs `serve` with the given flags (docs/service.md)")
+    uninstall = sub.add_parser("uninstall-service", help="remove what install-service wrote")
+    for p in (install, uninstall):
+        p.add_argument("--platform", choices=PLATFORMS, default=default_platform(),
+                       help="service manager (default: launchd on macOS, systemd elsewhere)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print what would be written or removed, change nothing")
+    _serve_flags(install)
 
 
 def _serve(ns: argparse.Namespace) -> int:
@@ -146,6 +169,79 @@ def _client_command(ns: argparse.Namespace) -> int:
     if ns.output is not None:
         ns.output.write_bytes(encode_png(result.mask))
         print(f"wrote {ns.output}")
+    if ns.overlay is not None:
+        return _write_overlay(ns, result.mask)
+    return 0
+
+
+def _write_overlay(ns: argparse.Namespace, mask: Any) -> int:
+    from .overlay import write_overlay
+
+    try:
+        write_overlay(ns.image, mask, ns.overlay, bbox=ns.bbox, points=ns.point)
+    except (ValueError, OSError) as exc:
+        print(f"sam2-service: cannot write overlay {ns.overlay}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {ns.overlay}")
+    return 0
+
+
+def _doctor(ns: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    try:
+        config = config_from_args(ns)
+    except ValueError as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    return doctor_main(config)
+
+
+def _install_service(ns: argparse.Namespace) -> int:
+    from . import service_files as sf
+
+    try:
+        files = sf.service_files(ns.platform, config_from_args(ns))
+    except ValueError as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    if ns.dry_run:  # systemd: two files, each after a "# FILE:" line; launchd: the plist alone
+        print("\n".join(text if ns.platform == "launchd" else f"# FILE: {path}\n{text}"
+                        for path, text in files), end="")
+        return 0
+    try:
+        written = sf.write_files(ns.platform, files)
+    except OSError as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    if ns.platform == "systemd":
+        print(sf.systemd_reload())
+    print(f"start it with: {sf.start_command(ns.platform, written[0])}")
+    return 0
+
+
+def _uninstall_service(ns: argparse.Namespace) -> int:
+    from . import service_files as sf
+
+    if ns.dry_run:
+        found = sf.installed_files(ns.platform)
+        for path in found:
+            print(f"would remove {path}")
+    else:
+        try:
+            found = sf.remove_files(ns.platform)
+        except OSError as exc:
+            print(f"sam2-service: {exc}", file=sys.stderr)
+            return 1
+        for path in found:
+            print(f"removed {path}")
+        if found and ns.platform == "systemd":
+            print(sf.systemd_reload())
+    if not found:
+        print(f"nothing installed in {sf.install_dir(ns.platform)}")
+    print(f"if the service is running, stop it: {sf.stop_command(ns.platform)}")
     return 0
 
 
@@ -154,4 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "serve":
         return _serve(ns)
+    if ns.command == "doctor":
+        return _doctor(ns)
+    if ns.command == "install-service":
+        return _install_service(ns)
+    if ns.command == "uninstall-service":
+        return _uninstall_service(ns)
     return _client_command(ns)
