@@ -26,7 +26,10 @@ from .schema import (PROTOCOL_VERSION, EmbedRequest, InfoRequest, PingRequest, R
                      SegmentRequest, embed_response, error_response, new_request_id,
                      parse_request, ping_response, read_request_id, release_response,
                      segment_response)
-from .sockets import bind_unix_socket, check_socket_path, peer_allowed, peer_hung_up, peer_uid
+from .service_files import LAUNCHD_SOCKET_NAME
+from .sockets import (bind_unix_socket, check_socket_path, inherited_listener, peer_allowed,
+                      peer_hung_up, peer_uid)
+from .systemd import notify, watchdog_interval
 from .worker import InferenceWorker
 
 log = logging.getLogger("sam2_service.server")
@@ -54,6 +57,7 @@ class Server:
         self.worker: InferenceWorker | None = None
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
+        self._watchdog: asyncio.Task | None = None
         self._conns: dict[asyncio.Task, _Connection] = {}
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -94,11 +98,14 @@ class Server:
         self.stop()
 
     async def startup(self) -> None:
-        """Load the model (if not given), start the worker, bind and listen."""
+        """Take the service manager's socket or check ours, load the model (if not given),
+        start the worker, listen, and tell systemd we are ready."""
         cfg = self.config
         event(log, "Starting sam2-service", **package_versions(), model=cfg.model,
               device=cfg.device, socket=cfg.socket_path, logFile=str(cfg.log_path))
-        check_socket_path(cfg.socket_path)
+        inherited = inherited_listener(LAUNCHD_SOCKET_NAME)
+        if inherited is None:
+            check_socket_path(cfg.socket_path)
         if self.engine is None:
             self.engine = await asyncio.to_thread(Sam2Engine.load, cfg)
         eng = self.engine
@@ -112,18 +119,47 @@ class Server:
         if cfg.warmup:
             warmup_ms = await self.worker.warmup()
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
-        sock = bind_unix_socket(cfg.socket_path)
-        st = os.stat(cfg.socket_path)
-        self._socket_id = (st.st_dev, st.st_ino)
+        sock = inherited or self._bind()
+        path = sock.getsockname() or cfg.socket_path
         self._server = await asyncio.start_unix_server(self._handle_connection, sock=sock,
                                                        limit=READ_CHUNK)
-        event(log, "Server listening", socket=cfg.socket_path, pid=os.getpid())
+        event(log, "Server listening", socket=path, pid=os.getpid(),
+              activation="inherited" if inherited else "bound")
+        notify(f"READY=1\nSTATUS=Listening on {path}")
+        interval = watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.ensure_future(self._watchdog_pings(interval))
+
+    def _bind(self) -> Any:
+        sock = bind_unix_socket(self.config.socket_path)
+        st = os.stat(self.config.socket_path)
+        self._socket_id = (st.st_dev, st.st_ino)
+        return sock
+
+    async def _watchdog_pings(self, interval: float) -> None:
+        """``WATCHDOG=1`` every ``interval / 2`` s while the inference thread is healthy:
+        alive, and not stuck in one job for longer than ``interval``. A hung inference thread
+        stops the pings, so systemd restarts the daemon (``WatchdogSec=``)."""
+        assert self.worker is not None
+        while True:
+            since = self.worker.running_since
+            stuck = since is not None and time.monotonic() - since > interval
+            if self.worker.alive and not stuck:
+                notify("WATCHDOG=1")
+            else:
+                event(log, "Inference thread unresponsive; watchdog pings stopped",
+                      logging.ERROR, runningForS=None if since is None
+                      else round(time.monotonic() - since, 1))
+            await asyncio.sleep(interval / 2)
 
     async def shutdown(self) -> None:
         """Stop accepting; let requests being answered finish (up to ``shutdown_timeout``),
         close idle connections, stop the worker and remove the socket this server made."""
         if self._server is not None:
             self._server.close()
+            notify("STOPPING=1")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._stop.set()
         if self.worker is not None:
             failed = self.worker.fail_waiting()

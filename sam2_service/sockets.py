@@ -120,3 +120,29 @@ def peer_hung_up(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
+
+def inherited_listener(launchd_name: str) -> socket.socket | None:
+    """The listening socket handed over by the service manager, or None.
+
+    systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``, fd 3; :func:`systemd.listen_fds`)
+    or launchd's ``Sockets`` entry ``launchd_name`` (:func:`systemd.launchd_sockets`, macOS
+    only, not run here). The socket belongs to the service manager: the daemon must never
+    unlink its path.
+
+    Raises:
+        StartupError: more than one socket was passed, or it is not a stream socket.
+    """
+    from .systemd import launchd_sockets, listen_fds
+
+    fds = listen_fds() or launchd_sockets(launchd_name)
+    if not fds:
+        return None
+    if len(fds) != 1:
+        raise StartupError(f"the service manager passed {len(fds)} sockets; expected one "
+                           "(one ListenStream= in sam2-service.socket)")
+    sock = socket.socket(fileno=fds[0])
+    if sock.type != socket.SOCK_STREAM:
+        raise StartupError(f"the inherited socket (fd {fds[0]}) is not a stream socket")
+    sock.setblocking(False)
+    return sock

@@ -105,7 +105,8 @@ class InferenceWorker:
         self._queue: deque[_Job] = deque()
         self._waiting = 0
         self._closed = False
-        self.last_progress = time.monotonic()  # last job start or end (for the watchdog)
+        #: ``time.monotonic()`` at which the running job started; None when idle (watchdog).
+        self.running_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="sam2-inference", daemon=True)
         self._thread.start()
 
@@ -123,7 +124,7 @@ class InferenceWorker:
                 job.state = "running"
                 self._waiting -= 1
             job.started = time.perf_counter()
-            self.last_progress = time.monotonic()
+            self.running_since = time.monotonic()
             try:
                 if time.monotonic() > job.deadline:
                     raise RequestTimeout("the request waited longer than the request timeout "
@@ -131,7 +132,7 @@ class InferenceWorker:
                 outcome: tuple[bool, Any] = (True, job.fn())
             except BaseException as exc:  # handed to the awaiting coroutine
                 outcome = (False, exc)
-            self.last_progress = time.monotonic()
+            self.running_since = None
             job.loop.call_soon_threadsafe(_settle, job.future, outcome)
 
     # -- the event loop's side ---------------------------------------------------------------

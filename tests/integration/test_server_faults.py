@@ -343,3 +343,39 @@ def test_another_user_is_refused_even_if_the_socket_mode_lets_them_in(engine, ca
         assert read_frame(mine) == {"requestId": "me", "ok": True}
     finally:
         srv.stop()
+
+
+# --- systemd watchdog -------------------------------------------------------------------------
+
+
+def test_watchdog_pings_stop_while_the_inference_thread_hangs(engine, monkeypatch):
+    tmp = Path(short_tmp_socket_dir())
+    notify_path = str(tmp / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.2 s; stuck after 0.4 s
+
+    def pings(seconds: float) -> list[str]:
+        out, until = [], time.monotonic() + seconds
+        while time.monotonic() < until:
+            try:
+                out.append(listener.recv(100).decode())
+            except socket.timeout:
+                pass
+        return out
+
+    srv = ServerThread(engine)
+    try:
+        assert pings(0.1)[0].startswith("READY=1")
+        assert pings(0.6).count("WATCHDOG=1") >= 2
+        conn = hold_one_running(srv, engine)
+        pings(0.5)  # the job becomes "stuck" once it has run longer than the interval
+        assert pings(1.0).count("WATCHDOG=1") == 0
+        engine.gate.set()
+        assert is_mask_reply(read_frame(conn), "running")
+        assert pings(0.6).count("WATCHDOG=1") >= 2
+    finally:
+        srv.stop()
+        listener.close()
