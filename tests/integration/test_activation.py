@@ -72,3 +72,56 @@ def test_socket_activation_ready_watchdog_and_stopping():
         if proc.poll() is None:
             proc.kill()
         notify_sock.close()
+
+
+_REAL_MANAGER = """\
+set -eu
+mount -t tmpfs tmpfs /run            # private to this mount namespace
+mkdir -p /run/systemd/system         # "booted with systemd", for `systemd --user`
+/lib/systemd/systemd --user >"$WORK/manager.log" 2>&1 3>&1 &
+manager=$!
+trap 'kill $manager; wait $manager || true' EXIT
+for _ in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/systemd/private" ] && break; sleep 0.1; done
+"$PY" -m sam2_service install-service --socket "$SOCK" --dummy-weights --no-warmup \
+    --device cpu --log-file "$WORK/daemon.log"
+systemctl --user start sam2-service.socket
+systemctl --user is-active sam2-service.service >"$WORK/before" || true
+"$PY" -m sam2_service info --socket "$SOCK" >"$WORK/info.json"
+systemctl --user show sam2-service.service -p StatusText -p NRestarts -p ActiveState >"$WORK/show"
+systemctl --user stop sam2-service.socket sam2-service.service
+[ -e "$SOCK" ] && echo present >"$WORK/after" || echo removed >"$WORK/after"
+"""
+
+
+def test_install_service_then_systemctl_start_socket_starts_the_real_daemon(tmp_path):
+    """The issue's "done when", run for real: install-service, then `systemctl --user start
+    sam2-service.socket` under a private systemd user manager; the first connection starts
+    the daemon (dummy weights), which answers info, reports READY with its status text, and
+    stops cleanly."""
+    import json
+
+    from tests.unit.test_service_files import _can_run_a_user_manager
+
+    why = _can_run_a_user_manager()
+    if why:
+        pytest.skip(why)
+    work = tmp_path
+    (work / "run").mkdir(mode=0o700)
+    sock = work / "s.sock"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(work / "run"), "HOME": str(work),
+           "XDG_CONFIG_HOME": str(work / "config"), "WORK": str(work), "SOCK": str(sock),
+           "PY": sys.executable}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", _REAL_MANAGER], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    if not (work / "run/systemd/private").exists():
+        pytest.skip(f"systemd --user did not start here: {done.stderr.strip()[-300:]}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (work / "before").read_text().strip() == "inactive"  # nothing ran before a client
+    info = json.loads((work / "info.json").read_text())
+    assert info["weights"] == "dummy" and info["socket"] == str(sock)
+    show = dict(line.split("=", 1) for line in (work / "show").read_text().splitlines())
+    assert show == {"StatusText": f"Listening on {sock}", "NRestarts": "0",
+                    "ActiveState": "active"}
+    assert (work / "after").read_text().strip() == "removed"  # systemd's RemoveOnStop
+    assert '"activation":"inherited"' in (work / "daemon.log").read_text()
