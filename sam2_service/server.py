@@ -285,10 +285,12 @@ class Server:
                     return None
                 break  # half-closed: answer, then the loop ends at EOF
             return await respond
-        finally:
+        finally:  # cancel what is left and wait for it, so that nobody still reads the stream
             for fut in (respond, read):
                 if fut is not None and not fut.done():
                     fut.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await fut
 
     async def _refuse_buffered(self, decoder: FrameDecoder, writer: asyncio.StreamWriter) -> None:
         """On shutdown, answer requests already received but not started with
