@@ -6,7 +6,8 @@ weights on the same device, then times, interleaved round by round so both see t
 machine state:
 
 * **in-process full**: base64 decode + PNG decode + ``set_image`` + ``predict``;
-* **in-process predict**: ``predict`` alone on the image already set;
+* **in-process predict**: ``predict`` alone on the image already set, one sample just before
+  each warm daemon request (so both alternate on the same cores, one for one);
 * **daemon cold**: a segment request with an image the daemon has not seen (each round's
   image differs in one pixel, so its hash differs and its embedding is computed);
 * **daemon warm, image resent**: the same request again (its embedding is cached);
@@ -59,6 +60,8 @@ SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
 #: Targets of the embedding-cache issue (CPU, tiny, 1080p): (numerator, denominator, limit).
 TARGETS = {"by imageId / predict": 1.15, "resent / predict": 1.4, "cold / full": 1.15}
 OUT = ROOT / "docs" / "benchmarks.md"
+#: Server-side stages (the reply's timingsMs) recorded for the by-imageId requests.
+SERVER_STAGES = ("decode", "predict", "mask", "queue", "total")
 
 
 def photo(width: int, height: int, variant: int) -> bytes:
@@ -111,9 +114,8 @@ def seg_request(png: bytes | None, width: int, height: int, image_id: str | None
     return req
 
 
-def in_process(predictor, png: bytes, box: np.ndarray, device: str, dtype: str,
-               predict_repeats: int) -> tuple[float, list[float]]:
-    """(full ms, [predict-alone ms, ...]) in this process."""
+def in_process_full(predictor, png: bytes, box: np.ndarray, device: str, dtype: str) -> float:
+    """base64 decode + PNG decode + ``set_image`` + ``predict`` in this process, ms."""
     b64 = pybase64.b64encode_as_string(png)  # what arrives; decoding it is timed
     with reference_inference(device, dtype):
         t0 = time.perf_counter()
@@ -122,14 +124,16 @@ def in_process(predictor, png: bytes, box: np.ndarray, device: str, dtype: str,
         predictor.set_image(image)
         predictor.predict(box=box, multimask_output=False)
         sync(device)
-        full = (time.perf_counter() - t0) * 1000
-        preds = []
-        for _ in range(predict_repeats):
-            t0 = time.perf_counter()
-            predictor.predict(box=box, multimask_output=False)
-            sync(device)
-            preds.append((time.perf_counter() - t0) * 1000)
-    return full, preds
+        return (time.perf_counter() - t0) * 1000
+
+
+def in_process_predict(predictor, box: np.ndarray, device: str, dtype: str) -> float:
+    """``predict`` alone on the image already set, ms."""
+    with reference_inference(device, dtype):
+        t0 = time.perf_counter()
+        predictor.predict(box=box, multimask_output=False)
+        sync(device)
+        return (time.perf_counter() - t0) * 1000
 
 
 def measure_size(tmp: Path, serve_args: tuple[str, ...], predictor, w: int, h: int,
@@ -138,25 +142,29 @@ def measure_size(tmp: Path, serve_args: tuple[str, ...], predictor, w: int, h: i
     box = np.array(list(seg_request(None, w, h)["bbox"].values()), dtype=np.float32)
     images = [photo(w, h, v) for v in range(runs + 2)]
     daemon = start_daemon(tmp, *serve_args)
-    t: dict[str, list[float]] = {k: [] for k in ("full", "predict", "cold", "resent", "byid")}
+    t: dict[str, list[float]] = {k: [] for k in ("full", "predict", "cold", "resent", "byid",
+                                                 *(f"srv_{s}" for s in SERVER_STAGES))}
     try:
         c = RawClient(daemon.socket_path)
         first, _ = c.ask(seg_request(images[-1], w, h))
         _, info = c.ask({"op": "info"})
-        in_process(predictor, images[-2], box, device, info["dtype"], 1)  # this side's warm-up
+        dtype = info["dtype"]
+        in_process_full(predictor, images[-2], box, device, dtype)  # this side's warm-up
         for png in images[:runs]:
-            full, preds = in_process(predictor, png, box, device, info["dtype"], repeats)
-            t["full"].append(full)
-            t["predict"] += preds
+            t["full"].append(in_process_full(predictor, png, box, device, dtype))
             ms, reply = c.ask(seg_request(png, w, h))
             assert reply["cached"] is False
             t["cold"].append(ms)
-            for _ in range(repeats):
+            for _ in range(repeats):  # one in-process predict before each warm request
+                t["predict"].append(in_process_predict(predictor, box, device, dtype))
                 ms, reply = c.ask(seg_request(png, w, h))
                 assert reply["cached"] is True
                 t["resent"].append(ms)
+                t["predict"].append(in_process_predict(predictor, box, device, dtype))
                 ms, reply = c.ask(seg_request(None, w, h, reply["imageId"]))
                 t["byid"].append(ms)
+                for stage in SERVER_STAGES:
+                    t[f"srv_{stage}"].append(reply["timingsMs"][stage])
     finally:
         daemon.stop()
     return {"first": first, "dtype": info["dtype"],
@@ -190,6 +198,16 @@ def table(rows: dict[str, dict], header: str) -> str:
         lines.append(f"| {label} | {r['full']:.1f} | {r['predict']:.1f} | {r['cold']:.1f} "
                      f"| {r['resent']:.1f} | {r['byid']:.1f} | {r['first']:.1f} | "
                      + " | ".join(marks) + " |")
+    lines += ["", "Where a warm by-imageId request's time goes (medians, ms): the daemon's own "
+              "timingsMs, and the rest of the client's round trip (JSON, framing, socket both "
+              "ways, the reply's mask decode).", "",
+              "| image | round trip | daemon total | decode+checks | predict | mask to base64 "
+              "| queue (thread hand-off) | outside the daemon |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {r['byid']:.1f} | {r['srv_total']:.1f} | {r['srv_decode']:.1f} "
+                     f"| {r['srv_predict']:.1f} | {r['srv_mask']:.1f} | {r['srv_queue']:.2f} "
+                     f"| {r['byid'] - r['srv_total']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

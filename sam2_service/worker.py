@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
+import numpy as np
+
 from .cache import CacheStats, EmbeddingCache, image_id
 from .engine import Embedding, Sam2Engine
 from .errors import (Busy, InvalidRequest, OutOfMemory, RequestTimeout, ShuttingDown,
@@ -305,7 +307,7 @@ class InferenceWorker:
         timings["mask"] = _ms(t0)
         h, w = emb.orig_hw
         return SegmentOutcome(width=w, height=h, mask_base64=mask_b64, score=result.score,
-                              coverage=float(result.mask.mean()), image_id=iid, cached=cached,
+                              coverage=np.count_nonzero(result.mask) / result.mask.size, image_id=iid, cached=cached,
                               timings=timings)
 
     def _embed_job(self, request: EmbedRequest) -> EmbedOutcome:

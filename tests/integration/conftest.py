@@ -81,6 +81,11 @@ class Daemon:
     socket_path: str
     log_path: Path
     process: subprocess.Popen
+    output_path: Path  # the process's stdout and stderr
+
+    def output(self) -> str:
+        """What the process has printed so far."""
+        return self.output_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait; returns the exit code."""
@@ -107,19 +112,21 @@ def start_daemon(tmp: Path, *args: str, wait: bool = True) -> Daemon:
     cmd = [sys.executable, "-m", "sam2_service", "serve", "--socket", sock, "--log-file", str(log),
            "--device", TEST_DEVICE, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    daemon = Daemon(sock, log, proc)
+    out = tmp / "daemon.out"  # a file, not a pipe: an undrained pipe would block its logging
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, text=True)
+    daemon = Daemon(sock, log, proc, out)
     if not wait:
         return daemon
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{daemon.output()}")
         if os.path.exists(sock) and ping_raw(sock):
             return daemon
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"daemon not ready after {READY_TIMEOUT_S} s:\n{proc.stdout.read()}")
+    raise RuntimeError(f"daemon not ready after {READY_TIMEOUT_S} s:\n{daemon.output()}")
 
 
 @pytest.fixture(scope="session")

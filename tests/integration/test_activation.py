@@ -45,7 +45,8 @@ def test_socket_activation_ready_watchdog_and_stopping():
            "-E", "WATCHDOG_USEC=1000000", "-E", "PYTHONUNBUFFERED=1",
            sys.executable, "-m", "sam2_service", "serve", "--socket", path, "--dummy-weights",
            "--no-warmup", "--device", "cpu", "--log-file", str(tmp / "log.jsonl")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp / "daemon.out", "w") as sink:  # a file: an undrained pipe blocks logging
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(path):  # systemd-socket-activate binds before any connection
