@@ -6,10 +6,11 @@ PIP    := $(PY) -m pip
 MODEL  ?= tiny
 SOCKET ?= /tmp/wcc-sam2.sock
 DUMMY  ?=
+BENCH_DEVICE ?= cpu
 CHECKPOINT := checkpoints/sam2.1_hiera_$(MODEL).pt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit clean
+.PHONY: install run test test-unit fuzz clean bench
 
 # torch first, then sam2 without build isolation (its sdist build imports torch; isolation
 # would fetch a second multi-GB torch), then this package with its test tools.
@@ -36,6 +37,15 @@ test: install
 
 test-unit: install
 	$(PY) -m pytest tests/unit
+
+# Daemon vs in-process request times; prints a table and updates docs/benchmarks.md.
+bench: install
+	$(PY) benchmarks/bench.py --device $(BENCH_DEVICE)
+
+# hypothesis fuzzing of the whole request path without I/O (FUZZ_SECONDS, default 10 min)
+FUZZ_SECONDS ?= 600
+fuzz: install
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) fuzz/fuzz_pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -30,6 +30,10 @@ MODELS: Mapping[str, tuple[str, str]] = {
     "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
 }
 
+#: Pillow refuses images above 2 x ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485) as decompression
+#: bombs; the daemon never lifts that guard, so its own ceiling cannot exceed it.
+PILLOW_BOMB_PIXELS = 2 * 89_478_485
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -128,6 +132,9 @@ class ServiceConfig:
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_image_pixels > PILLOW_BOMB_PIXELS:
+            raise ValueError(f"max_image_pixels can be at most {PILLOW_BOMB_PIXELS} (Pillow's "
+                             "decompression-bomb limit, which the daemon never lifts)")
         if self.cache_bytes < 0:
             raise ValueError("cache_bytes must be 0 (off) or positive")
 

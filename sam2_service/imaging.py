@@ -80,8 +80,9 @@ def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np
                 return _grey16_to_rgb(np.asarray(im))
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             return np.array(rgb)  # a writable copy: torchvision's ToTensor warns on read-only arrays
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{field}: {exc}", field=field) from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at 2x its MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"{field}: {exc} (the daemon's own limit is {max_pixels} pixels)",
+                            field=field) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{field} is not a PNG or JPEG image", field=field) from None
     except (OSError, SyntaxError, ValueError) as exc:

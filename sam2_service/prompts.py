@@ -50,11 +50,13 @@ def _box(request: SegmentRequest, height: int, width: int) -> np.ndarray | None:
             f"x1={b.x1:g}, y1={b.y1:g}, x2={b.x2:g}, y2={b.y2:g}", field="bbox")
     x1, x2 = np.clip([b.x1, b.x2], 0, width)
     y1, y2 = np.clip([b.y1, b.y2], 0, height)
-    if x2 <= x1 or y2 <= y1:
+    box = np.array([x1, y1, x2, y2], dtype=np.float32)
+    # checked in float32, what SAM2 gets: y2=1e-300 > y1=0 in float64 but is 0 in float32
+    if box[2] <= box[0] or box[3] <= box[1]:
         raise InvalidRequest(
             f"bbox ({b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}) has no area inside the "
             f"{width}x{height} image", field="bbox")
-    return np.array([x1, y1, x2, y2], dtype=np.float32)
+    return box
 
 
 def validate(request: SegmentRequest, image_hw: tuple[int, int]) -> Prompts:

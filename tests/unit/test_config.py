@@ -315,3 +315,14 @@ def test_cli_warmup_is_on_by_default_and_no_warmup_turns_it_off():
     assert from_cli([], env={"SAM2_SERVICE_WARMUP": "0"}).warmup is False
     # the flag beats the environment variable
     assert from_cli(["--no-warmup"], env={"SAM2_SERVICE_WARMUP": "1"}).warmup is False
+
+
+def test_pixel_ceiling_cannot_exceed_pillows_bomb_limit():
+    from PIL import Image
+
+    from sam2_service.config import PILLOW_BOMB_PIXELS
+
+    assert PILLOW_BOMB_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
+    ServiceConfig(max_image_pixels=PILLOW_BOMB_PIXELS)
+    with pytest.raises(ValueError, match="at most 178956970"):
+        ServiceConfig(max_image_pixels=PILLOW_BOMB_PIXELS + 1)
