@@ -74,6 +74,17 @@ def photo(width: int, height: int, variant: int) -> bytes:
     return buf.getvalue()
 
 
+#: Pause before each timed operation, s: libgomp's worker threads spin for a while after a
+#: parallel region (OMP_WAIT_POLICY unset), so the process that ran last would otherwise
+#: steal the 2 cores from the next one, an artefact of two torch processes taking turns that
+#: a lone daemon never meets.
+SETTLE_S = 0.05
+
+
+def settle() -> None:
+    time.sleep(SETTLE_S)
+
+
 def sync(device: str) -> None:
     import torch
 
@@ -90,6 +101,7 @@ class RawClient:
         self.decoder = FrameDecoder(1 << 30)
 
     def ask(self, request: dict) -> tuple[float, dict]:
+        settle()
         t0 = time.perf_counter()
         if "png" in request:
             request = {k: v for k, v in request.items() if k != "png"}
@@ -117,6 +129,7 @@ def seg_request(png: bytes | None, width: int, height: int, image_id: str | None
 def in_process_full(predictor, png: bytes, box: np.ndarray, device: str, dtype: str) -> float:
     """base64 decode + PNG decode + ``set_image`` + ``predict`` in this process, ms."""
     b64 = pybase64.b64encode_as_string(png)  # what arrives; decoding it is timed
+    settle()
     with reference_inference(device, dtype):
         t0 = time.perf_counter()
         image = np.array(Image.open(io.BytesIO(pybase64.b64decode(b64, validate=True))
@@ -129,6 +142,7 @@ def in_process_full(predictor, png: bytes, box: np.ndarray, device: str, dtype: 
 
 def in_process_predict(predictor, box: np.ndarray, device: str, dtype: str) -> float:
     """``predict`` alone on the image already set, ms."""
+    settle()
     with reference_inference(device, dtype):
         t0 = time.perf_counter()
         predictor.predict(box=box, multimask_output=False)

@@ -97,7 +97,8 @@ class FrameDecoder:
             self._need = length
         if len(self._buf) < self._need:
             return None
-        payload = bytes(self._buf[: self._need])
+        with memoryview(self._buf) as view:  # one copy (a bytearray slice would make two)
+            payload = bytes(view[: self._need])
         del self._buf[: self._need]
         self._need = None
         return payload

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -106,16 +107,16 @@ class Server:
         inherited = inherited_listener(LAUNCHD_SOCKET_NAME)
         if inherited is None:
             check_socket_path(cfg.socket_path)
-        if self.engine is None:
-            self.engine = await asyncio.to_thread(Sam2Engine.load, cfg)
+        self.worker = InferenceWorker(self.engine, cfg.max_image_pixels,
+                                      cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue)
+        if self.engine is None:  # on the inference thread: all torch work stays on one thread
+            self.engine = await self.worker.load(functools.partial(Sam2Engine.load, cfg))
         eng = self.engine
         event(log, "Model loaded successfully", loadTimeMs=round(eng.load_time_ms, 1),
               device=eng.device, dtype=eng.precision, model=cfg.model, weights=eng.weights,
               checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path))
         if eng.weights == "dummy":
             event(log, DUMMY_WARNING, logging.WARNING)
-        self.worker = InferenceWorker(eng, cfg.max_image_pixels, cache_bytes=cfg.cache_bytes,
-                                      max_queue=cfg.max_queue)
         if cfg.warmup:
             warmup_ms = await self.worker.warmup()
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))

@@ -89,14 +89,20 @@ def _ms(since: float) -> float:
 class InferenceWorker:
     """Runs jobs on the model's single thread, in arrival order.
 
+    Every torch call of the daemon, model loading included (:meth:`load`), runs on this one
+    thread. libgomp (torch's OpenMP on Linux) keeps a thread team per calling thread, and
+    once the process holds more OpenMP threads than CPUs it stops letting idle workers spin
+    between parallel regions; a second torch-calling thread made ``predict`` about 20% slower
+    on the 2-core development machine (docs/benchmarks.md).
+
     Args:
-        engine: the loaded model; only this worker's thread calls it.
+        engine: the loaded model, or None to :meth:`load` one on the worker's thread.
         max_image_pixels: the pixel ceiling for image decoding.
         cache_bytes: the embedding cache's budget (0: off).
         max_queue: most jobs waiting (not yet started); more raise :class:`Busy`.
     """
 
-    def __init__(self, engine: Sam2Engine, max_image_pixels: int, *, cache_bytes: int = 0,
+    def __init__(self, engine: Sam2Engine | None, max_image_pixels: int, *, cache_bytes: int = 0,
                  max_queue: int = 8) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
@@ -234,6 +240,11 @@ class InferenceWorker:
         """The embedding cache's counters."""
         with self._cache_lock:
             return self.cache.stats()
+
+    async def load(self, loader: Callable[[], Sam2Engine]) -> Sam2Engine:
+        """Build the engine with ``loader()`` on the inference thread and keep it."""
+        self.engine = await self.call(loader)
+        return self.engine
 
     async def warmup(self) -> float:
         """Run :meth:`Sam2Engine.warmup` on the inference thread (ms taken). It must be that
