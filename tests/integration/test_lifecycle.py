@@ -1,5 +1,6 @@
 """Starting and stopping the daemon process: fast failures with the fix in one line,
-socket hygiene, --dummy-weights, and a graceful SIGTERM with a request running."""
+socket hygiene, --dummy-weights, and a graceful SIGTERM with a request running and one
+queued."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def test_dummy_daemon_replaces_stale_socket_and_drains_on_sigterm(tmp_path):
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(sock_dir / "sam2.sock"))
     stale.close()  # leaves a socket file nobody listens on
-    d = start_daemon(sock_dir, "--dummy-weights", "--no-warmup")
+    # on the CPU whatever the test device: the running request must still run at SIGTERM
+    d = start_daemon(sock_dir, "--dummy-weights", "--no-warmup", "--device", "cpu")
     try:
         info = Client(d.socket_path).info()
         assert info["weights"] == "dummy" and "meaningless" in info["warning"]
@@ -90,21 +92,32 @@ def test_dummy_daemon_replaces_stale_socket_and_drains_on_sigterm(tmp_path):
                    "bbox": {"x1": 10, "y1": 10, "x2": 200, "y2": 200}}
         replies = {}
 
-        def run() -> None:
+        def run(key: str, message: dict) -> None:
             with Client(d.socket_path) as c:
-                replies["r"] = c.request(request)
+                replies[key] = c.request(message)
 
-        t = threading.Thread(target=run)
-        t.start()
-        deadline = time.monotonic() + 30
-        while "Received request" not in d.log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        def logged(times: int) -> None:
+            deadline = time.monotonic() + 30
+            while (d.log_path.read_text().count('"Received request"') < times
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=run, args=("r", request))]
+        threads[0].start()
+        logged(1)
+        queued = {**request, "requestId": "queued", "bbox": {"x1": 0, "y1": 0, "x2": 50, "y2": 50}}
+        threads.append(threading.Thread(target=run, args=("q", queued)))
+        threads[1].start()
+        logged(2)  # received, and waiting behind the running one (a CPU encode takes seconds)
         idle = Client(d.socket_path)
         idle.ping()  # an idle connection must not hold up shutdown
         d.process.send_signal(signal.SIGTERM)
-        t.join(timeout=120)
+        for t in threads:
+            t.join(timeout=120)
         assert replies["r"]["requestId"] == "in-flight"
         assert "error" not in replies["r"] and replies["r"]["maskWidth"] == 451
+        assert replies["q"]["requestId"] == "queued" and replies["q"]["code"] == "shutting_down"
+        assert replies["q"]["maskBase64"] == ""
         assert d.process.wait(timeout=60) == 0
         assert not os.path.exists(d.socket_path)
         assert "Warm-up complete" not in d.log_path.read_text()
