@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import socket
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ DEFAULT_TIMEOUT = 300.0
 #: Largest reply frame the client accepts (an 8K mask is ~45 MB of base64).
 CLIENT_MAX_FRAME_BYTES = 1 << 30
 _RECV_CHUNK = 1 << 18
+#: Pause between connection attempts while the daemon's accept queue is full, seconds.
+CONNECT_RETRY_S = 0.01
 
 #: Images remembered per client: which imageIds the daemon has embedded, and the PNG
 #: encoding of recently sent arrays (so a resent array is hashed, not re-encoded).
@@ -285,14 +288,24 @@ class Client:
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.socket_path)
-            except OSError as exc:
-                sock.close()
-                raise ClientError(f"cannot connect to {self.socket_path}: {exc.strerror or exc} "
-                                  "(is the daemon running? start it with `make run`)") from None
+            deadline = time.monotonic() + self.timeout
+            while True:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                try:
+                    sock.connect(self.socket_path)
+                    break
+                except BlockingIOError:  # EAGAIN: the daemon's accept queue is full; retry
+                    sock.close()
+                    if time.monotonic() > deadline:
+                        raise ClientError(f"cannot connect to {self.socket_path}: its accept "
+                                          f"queue stayed full for {self.timeout} s") from None
+                    time.sleep(CONNECT_RETRY_S)
+                except OSError as exc:
+                    sock.close()
+                    raise ClientError(f"cannot connect to {self.socket_path}: "
+                                      f"{exc.strerror or exc} (is the daemon running? start it "
+                                      "with `make run`)") from None
             self._sock = sock
         return self._sock
 

@@ -16,7 +16,9 @@ import sys
 
 from .errors import StartupError
 
-LISTEN_BACKLOG = 64
+#: Pending connections the kernel queues before the daemon accepts them (the kernel caps it at
+#: net.core.somaxconn). A full queue makes a client's connect fail with EAGAIN at once.
+LISTEN_BACKLOG = socket.SOMAXCONN
 
 
 def max_socket_path_bytes(platform: str = sys.platform) -> int:

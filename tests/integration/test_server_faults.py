@@ -379,3 +379,48 @@ def test_watchdog_pings_stop_while_the_inference_thread_hangs(engine, monkeypatc
     finally:
         srv.stop()
         listener.close()
+
+
+
+def test_client_waits_out_a_full_accept_queue():
+    """A full listen backlog makes a Unix connect fail with EAGAIN at once; the client retries
+    until its timeout instead of failing. The listener here is a bare socket that starts
+    accepting (and answering pings) only after 0.3 s."""
+    from sam2_service.client import Client
+
+    path = str(Path(short_tmp_socket_dir()) / "full.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    fillers = []
+    with pytest.raises(BlockingIOError):
+        for _ in range(10):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            fillers.append(s)
+            s.connect(path)
+
+    def serve_later() -> None:
+        time.sleep(0.3)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(0.5)  # the fillers, accepted first, never send anything
+            try:
+                request = read_frame(conn)
+            except socket.timeout:
+                continue
+            if request is not None:
+                conn.sendall(frame({"requestId": request.get("requestId", "x"), "ok": True}))
+
+    threading.Thread(target=serve_later, daemon=True).start()
+    try:
+        t0 = time.perf_counter()
+        assert Client(path, timeout=10).ping()["ok"] is True
+        assert time.perf_counter() - t0 >= 0.25
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
