@@ -28,7 +28,7 @@ from .schema import (PROTOCOL_VERSION, EmbedRequest, InfoRequest, PingRequest, R
                      parse_request, ping_response, read_request_id, release_response,
                      segment_response)
 from .service_files import LAUNCHD_SOCKET_NAME
-from .sockets import (bind_unix_socket, check_socket_path, inherited_listener, peer_allowed,
+from .sockets import (LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener, peer_allowed,
                       peer_hung_up, peer_uid)
 from .systemd import notify, watchdog_interval
 from .worker import InferenceWorker
@@ -122,8 +122,8 @@ class Server:
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
         sock = inherited or self._bind()
         path = sock.getsockname() or cfg.socket_path
-        self._server = await asyncio.start_unix_server(self._handle_connection, sock=sock,
-                                                       limit=READ_CHUNK)
+        self._server = await asyncio.start_unix_server(  # asyncio listens again: pass ours
+            self._handle_connection, sock=sock, limit=READ_CHUNK, backlog=LISTEN_BACKLOG)
         event(log, "Server listening", socket=path, pid=os.getpid(),
               activation="inherited" if inherited else "bound")
         notify(f"READY=1\nSTATUS=Listening on {path}")
