@@ -32,11 +32,18 @@ class Prompts:
     multimask_output: bool
 
 
-def _check_size(request: SegmentRequest, height: int, width: int) -> None:
-    for name, claimed, actual in (("width", request.width, width), ("height", request.height, height)):
-        if claimed != actual:
+def check_size(width: int | None, height: int | None, image_hw: tuple[int, int]) -> None:
+    """Check a request's ``width``/``height`` (None: not given, not checked) against the
+    image's (H, W) in pixels.
+
+    Raises:
+        InvalidRequest: a given size differs from the image's (names ``width`` or ``height``).
+    """
+    img_h, img_w = image_hw
+    for name, claimed, actual in (("width", width, img_w), ("height", height, img_h)):
+        if claimed is not None and claimed != actual:
             raise InvalidRequest(
-                f"{name} is {claimed} but the decoded image is {width}x{height} (width x height)",
+                f"{name} is {claimed} but the decoded image is {img_w}x{img_h} (width x height)",
                 field=name)
 
 
@@ -78,7 +85,7 @@ def validate(request: SegmentRequest, image_hw: tuple[int, int]) -> Prompts:
         InvalidRequest: naming the field at fault.
     """
     height, width = image_hw
-    _check_size(request, height, width)
+    check_size(request.width, request.height, image_hw)
     box = _box(request, height, width)
     coords = labels = None
     if request.points:

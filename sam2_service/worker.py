@@ -23,10 +23,9 @@ import numpy as np
 
 from .cache import CacheStats, EmbeddingCache, image_id
 from .engine import Embedding, Sam2Engine
-from .errors import (Busy, InvalidRequest, OutOfMemory, RequestTimeout, ShuttingDown,
-                     UnknownImage)
+from .errors import Busy, OutOfMemory, RequestTimeout, ShuttingDown, UnknownImage
 from .imaging import decode_base64, decode_image, encode_mask
-from .prompts import validate
+from .prompts import check_size, validate
 from .schema import EmbedRequest, SegmentRequest
 
 T = TypeVar("T")
@@ -327,19 +326,10 @@ class InferenceWorker:
         data = decode_base64(request.image_base64)
         iid = image_id(data)
         timings["decode"] = _ms(started)
-        emb, cached, _ = self._embedding(data, iid, functools.partial(_check_size, request),
-                                         timings)
+        emb, cached, _ = self._embedding(
+            data, iid, functools.partial(check_size, request.width, request.height), timings)
         h, w = emb.orig_hw
         return EmbedOutcome(w, h, iid, cached, timings)
-
-
-def _check_size(request: EmbedRequest, hw: tuple[int, int]) -> None:
-    """Raise :class:`InvalidRequest` if the embed request's optional width/height differ
-    from the image's (H, W)."""
-    h, w = hw
-    for name, given, actual in (("width", request.width, w), ("height", request.height, h)):
-        if given is not None and given != actual:
-            raise InvalidRequest(f"{name} is {given} but the image is {w}x{h}", field=name)
 
 
 def _settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:

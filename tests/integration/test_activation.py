@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sam2_service.client import Client
+from tests.systemd_manager import MANAGER_START, can_run_a_user_manager
 
 from .conftest import short_tmp_socket_dir
 
@@ -75,14 +76,7 @@ def test_socket_activation_ready_watchdog_and_stopping():
         notify_sock.close()
 
 
-_REAL_MANAGER = """\
-set -eu
-mount -t tmpfs tmpfs /run            # private to this mount namespace
-mkdir -p /run/systemd/system         # "booted with systemd", for `systemd --user`
-/lib/systemd/systemd --user >"$WORK/manager.log" 2>&1 3>&1 &
-manager=$!
-trap 'kill $manager; wait $manager || true' EXIT
-for _ in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/systemd/private" ] && break; sleep 0.1; done
+_REAL_MANAGER = MANAGER_START + """\
 "$PY" -m sam2_service install-service --socket "$SOCK" --dummy-weights --no-warmup \
     --device cpu --log-file "$WORK/daemon.log"
 systemctl --user start sam2-service.socket
@@ -101,9 +95,7 @@ def test_install_service_then_systemctl_start_socket_starts_the_real_daemon(tmp_
     stops cleanly."""
     import json
 
-    from tests.unit.test_service_files import _can_run_a_user_manager
-
-    why = _can_run_a_user_manager()
+    why = can_run_a_user_manager()
     if why:
         pytest.skip(why)
     work = tmp_path

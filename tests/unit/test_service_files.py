@@ -14,8 +14,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from sam2_service import cli
 from sam2_service import service_files as sf
 from sam2_service.cli import build_parser, config_from_args
 from sam2_service.config import ServiceConfig, settings
+from tests.systemd_manager import MANAGER_START, can_run_a_user_manager
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -403,14 +402,7 @@ while not stop.is_set():
 systemd.notify("STOPPING=1")
 """
 
-_MANAGER = """\
-set -eu
-mount -t tmpfs tmpfs /run            # private to this mount namespace
-mkdir -p /run/systemd/system         # "booted with systemd", for `systemd --user`
-/lib/systemd/systemd --user >"$WORK/manager.log" 2>&1 3>&1 &
-manager=$!
-trap 'kill $manager; wait $manager || true' EXIT
-for _ in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/systemd/private" ] && break; sleep 0.1; done
+_MANAGER = MANAGER_START + """\
 systemctl --user daemon-reload
 systemctl --user start sam2-service.socket
 stat -c '%a' "$SOCK" >"$WORK/mode"
@@ -428,19 +420,8 @@ systemctl --user stop sam2-service.socket sam2-service.service
 """
 
 
-def _can_run_a_user_manager() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a private mount namespace for /run)"
-    for tool in ("unshare", "systemctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    if not Path("/lib/systemd/systemd").exists():
-        return "/lib/systemd/systemd not installed"
-    return None
-
-
-@pytest.mark.skipif(_can_run_a_user_manager() is not None,
-                    reason=str(_can_run_a_user_manager()))
+@pytest.mark.skipif(can_run_a_user_manager() is not None,
+                    reason=str(can_run_a_user_manager()))
 def test_units_run_under_a_real_systemd_user_manager(tmp_path):
     import json
 
