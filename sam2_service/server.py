@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,8 @@ class Server:
         if interval:
             self._watchdog = asyncio.ensure_future(self._watchdog_pings(interval))
 
-    def _bind(self) -> Any:
+    def _bind(self) -> socket.socket:
+        """Bind our own socket (not socket-activated) and remember its inode for unlinking."""
         sock = bind_unix_socket(self.config.socket_path)
         st = os.stat(self.config.socket_path)
         self._socket_id = (st.st_dev, st.st_ino)
