@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import ServiceConfig
+from .sockets import max_socket_path_bytes
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 #: Oldest Python the package supports (pyproject ``requires-python``).
@@ -244,11 +245,6 @@ def _ping(path: str, timeout: float) -> dict[str, Any] | str:
         return str(exc)
 
 
-def _socket_limit() -> int:
-    """``sockaddr_un.sun_path`` without its NUL: 107 bytes on Linux, 103 on macOS/BSD."""
-    return 107 if sys.platform.startswith("linux") else 103
-
-
 def _probe_socket(path: str, timeout: float) -> Check:
     """Classify an existing socket file: live daemon, stale, or someone else's listener."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -275,7 +271,7 @@ def check_socket(path: str, timeout: float = PING_TIMEOUT_S) -> Check:
     """State of the socket path: free, live daemon (ok), stale socket (warn), wrong type
     (regular file, directory, symlink: FAIL, ``serve`` never replaces those), too long for
     ``sun_path``, or a missing/unwritable parent folder (FAIL)."""
-    limit = _socket_limit()
+    limit = max_socket_path_bytes()
     if len(os.fsencode(path)) > limit:
         return Check("socket", FAIL, f"{path}: {len(os.fsencode(path))} bytes, longer than the "
                      f"platform's limit of {limit}", "choose a shorter --socket")

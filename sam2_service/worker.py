@@ -218,15 +218,17 @@ class InferenceWorker:
     # -- jobs ---------------------------------------------------------------------------------
     async def segment(self, request: SegmentRequest, deadline: float | None = None) -> SegmentOutcome:
         """Segment ``request`` on the inference thread (see :meth:`_segment_job`)."""
-        submitted = time.perf_counter()
-        out = await self.call(self._guard(self._segment_job), request, deadline=deadline)
-        out.timings["queue"] = (out.timings.pop("_started") - submitted) * 1000
-        return out
+        return await self._timed_job(self._segment_job, request, deadline)
 
     async def embed(self, request: EmbedRequest, deadline: float | None = None) -> EmbedOutcome:
         """Compute or find ``request``'s image embedding on the inference thread."""
+        return await self._timed_job(self._embed_job, request, deadline)
+
+    async def _timed_job(self, job: Callable[[Any], T], request: Any, deadline: float | None) -> T:
+        """Run a model job (out-of-memory guarded) and turn the ``_started`` time it records
+        into its ``queue`` timing: ms from submission to the start on the inference thread."""
         submitted = time.perf_counter()
-        out = await self.call(self._guard(self._embed_job), request, deadline=deadline)
+        out = await self.call(self._guard(job), request, deadline=deadline)
         out.timings["queue"] = (out.timings.pop("_started") - submitted) * 1000
         return out
 
