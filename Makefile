@@ -10,15 +10,15 @@ BENCH_DEVICE ?= cpu
 CHECKPOINT := checkpoints/sam2.1_hiera_$(MODEL).pt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit fuzz clean bench
+.PHONY: install run test test-unit lint fuzz clean bench
 
 # torch first, then sam2 without build isolation (its sdist build imports torch; isolation
-# would fetch a second multi-GB torch), then this package with its test tools.
+# would fetch a second multi-GB torch), then this package with the daemon's extra and its test tools.
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check 'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
-	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[test]'
+	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +32,12 @@ else
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
 endif
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+# ruff with the rules in pyproject.toml ([tool.ruff]); part of `make test`
+lint: install
+	$(VENV)/bin/ruff check sam2_service tests fuzz benchmarks
 
 test-unit: install
 	$(PY) -m pytest tests/unit

@@ -52,9 +52,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from integration.conftest import reference_inference, start_daemon  # noqa: E402
 
-from sam2_service.config import MODELS  # noqa: E402
-from sam2_service.imaging import decode_mask  # noqa: E402
-from sam2_service.protocol import FrameDecoder, encode_message  # noqa: E402
+from sam2_service.daemon.config import MODELS  # noqa: E402
+from sam2_service.wire.codecs import decode_mask  # noqa: E402
+from sam2_service.wire.frames import FrameDecoder, encode_message  # noqa: E402
 
 SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
 #: Targets of the embedding-cache issue (CPU, tiny, 1080p): (numerator, denominator, limit).
@@ -263,7 +263,7 @@ def main() -> int:
                                               device=args.device))
     rows = {label: measure_size(tmp, serve_args, predictor, w, h, args.device, args.runs,
                                 args.repeats) for label, (w, h) in SIZES.items()}
-    from sam2_service.engine import package_versions
+    from sam2_service.daemon.engine import package_versions
 
     v = package_versions()
     dtype = next(iter(rows.values()))["dtype"]

@@ -15,7 +15,7 @@ recomputed so that the mutation reaches the decoder), base64 text, request field
 text, length prefixes, and how the stream is cut into reads.
 
 Properties checked on every example:
-  * only :class:`~sam2_service.errors.ServiceError` subclasses escape, each stage only its
+  * only :class:`~sam2_service.wire.errors.ServiceError` subclasses escape, each stage only its
     documented ones, each with a documented code and a non-empty message;
   * the frame decoder returns exactly the frames (or the ``frame_too_large`` point) of a
     reference parser, never a payload over the cap, and after draining never holds
@@ -48,12 +48,12 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sam2_service.errors import (ERROR_CODES, ImageDecodeError, ImageTooLarge, InvalidRequest,
-                                 ServiceError)
-from sam2_service.imaging import decode_base64, decode_image
-from sam2_service.prompts import validate
-from sam2_service.protocol import HEADER_SIZE, FrameDecoder, decode_message, encode_message
-from sam2_service.schema import SegmentRequest, error_response, parse_request, read_request_id
+from sam2_service.daemon.imaging import decode_image
+from sam2_service.daemon.prompts import validate
+from sam2_service.wire.codecs import decode_base64
+from sam2_service.wire.errors import ERROR_CODES, ImageDecodeError, ImageTooLarge, InvalidRequest, ServiceError
+from sam2_service.wire.frames import HEADER_SIZE, FrameDecoder, decode_message, encode_message
+from sam2_service.wire.schema import SegmentRequest, error_response, parse_request, read_request_id
 
 #: What each stage may raise (docs/protocol.md, "Error codes"; the modules' docstrings).
 PARSE_ERRORS = (InvalidRequest, ServiceError)  # InvalidRequest, UnknownOp (both ServiceError)

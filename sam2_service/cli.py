@@ -4,8 +4,8 @@ Subcommands: ``serve`` (the daemon), and the smoke-test client commands ``ping``
 ``info`` and ``segment`` (``--overlay`` draws the mask and prompts on the image), and
 ``doctor`` (checks the set-up ``serve`` would use; it takes the same flags), and
 ``install-service`` / ``uninstall-service`` (systemd or launchd files running ``serve`` with
-the given flags; :mod:`sam2_service.service_files`). The ``serve``
-flags are generated from :class:`~sam2_service.config.ServiceConfig`'s fields, so flags,
+the given flags; :mod:`sam2_service.daemon.service_files`). The ``serve``
+flags are generated from :class:`~sam2_service.daemon.config.ServiceConfig`'s fields, so flags,
 environment variables and defaults have one home.
 """
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ServiceConfig, parse_env_value, settings
+from .daemon.config import ServiceConfig, parse_env_value, settings
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas: {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas: {text!r}") from None
     if len(values) not in count:
         raise argparse.ArgumentTypeError(f"{what} needs {' or '.join(map(str, count))} numbers: {text!r}")
     return values
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _service_parsers(sub: Any) -> None:
-    from .service_files import PLATFORMS, default_platform
+    from .daemon.service_files import PLATFORMS, default_platform
 
     install = sub.add_parser("install-service",
                              help="write a systemd user unit (Linux) or launchd agent (macOS) "
@@ -124,8 +124,8 @@ def _service_parsers(sub: Any) -> None:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from .logs import setup_logging
-    from .server import run
+    from .daemon.logs import setup_logging
+    from .daemon.server import run
 
     try:
         config = config_from_args(ns)
@@ -141,7 +141,7 @@ def _client_command(ns: argparse.Namespace) -> int:
     import orjson
 
     from .client import Client, ClientError, RequestFailed
-    from .imaging import encode_png
+    from .wire.codecs import encode_png
 
     try:
         with Client(ns.socket, timeout=ns.timeout) as client:
@@ -175,7 +175,7 @@ def _client_command(ns: argparse.Namespace) -> int:
 
 
 def _write_overlay(ns: argparse.Namespace, mask: Any) -> int:
-    from .overlay import write_overlay
+    from .client.overlay import write_overlay
 
     try:
         write_overlay(ns.image, mask, ns.overlay, bbox=ns.bbox, points=ns.point)
@@ -187,7 +187,7 @@ def _write_overlay(ns: argparse.Namespace, mask: Any) -> int:
 
 
 def _doctor(ns: argparse.Namespace) -> int:
-    from .doctor import main as doctor_main
+    from .daemon.doctor import main as doctor_main
 
     try:
         config = config_from_args(ns)
@@ -198,7 +198,7 @@ def _doctor(ns: argparse.Namespace) -> int:
 
 
 def _install_service(ns: argparse.Namespace) -> int:
-    from . import service_files as sf
+    from .daemon import service_files as sf
 
     try:
         files = sf.service_files(ns.platform, config_from_args(ns))
@@ -223,7 +223,7 @@ def _install_service(ns: argparse.Namespace) -> int:
 
 
 def _uninstall_service(ns: argparse.Namespace) -> int:
-    from . import service_files as sf
+    from .daemon import service_files as sf
 
     if ns.dry_run:
         found = sf.installed_files(ns.platform)

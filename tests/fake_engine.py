@@ -1,4 +1,4 @@
-"""A stand-in for :class:`sam2_service.engine.Sam2Engine` with no model: tests of the worker
+"""A stand-in for :class:`sam2_service.daemon.engine.Sam2Engine` with no model: tests of the worker
 and the server that need control over timing (a gate that holds a job inside the engine)
 and over failures (out of memory), in milliseconds instead of SAM2's seconds."""
 
@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from sam2_service.engine import Embedding, MaskResult
+from sam2_service.daemon.engine import Embedding, MaskResult
 
 MODEL = ("tiny", "fake", "float32", "cpu")
 

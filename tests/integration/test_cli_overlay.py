@@ -8,7 +8,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 
 from sam2_service import cli
-from sam2_service.overlay import line_width, marker_radius
+from sam2_service.client.overlay import line_width, marker_radius
 
 from .conftest import encode_image
 

@@ -29,7 +29,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from sam2_service.config import ServiceConfig
+from sam2_service.daemon.config import ServiceConfig
 
 from .conftest import connect_raw, encode_image
 

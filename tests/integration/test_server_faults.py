@@ -19,10 +19,10 @@ import numpy as np
 import orjson
 import pytest
 
-from sam2_service.config import ServiceConfig
-from sam2_service.imaging import encode_png
-from sam2_service.server import Server
-from sam2_service.sockets import peer_allowed, peer_uid
+from sam2_service.daemon.config import ServiceConfig
+from sam2_service.daemon.server import Server
+from sam2_service.wire.codecs import encode_png
+from sam2_service.wire.peer import peer_allowed, peer_uid
 from tests.fake_engine import FakeEngine, FakeOOM
 
 from .conftest import short_tmp_socket_dir

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sam2_service.cache import EmbeddingCache, image_id
+from sam2_service.daemon.cache import EmbeddingCache
+from sam2_service.wire.codecs import compute_image_id as image_id
 
 M1 = ("tiny", "ckpt-a", "float32", "cpu")
 M2 = ("tiny", "ckpt-b", "float32", "cpu")

@@ -18,8 +18,9 @@ from sam2_service.client import (
     encode_image_input,
     parse_segment_response,
 )
-from sam2_service.imaging import decode_image, encode_mask, encode_png
-from sam2_service.schema import SegmentRequest, error_response, parse_request, segment_response
+from sam2_service.daemon.imaging import decode_image
+from sam2_service.wire.codecs import encode_mask, encode_png
+from sam2_service.wire.schema import SegmentRequest, error_response, parse_request, segment_response
 
 
 def rgb(h=6, w=10, seed=0):

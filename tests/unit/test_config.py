@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sam2_service.cli import build_parser, config_from_args
-from sam2_service.config import (
+from sam2_service.daemon.config import (
     DEFAULT_SOCKET,
     MODELS,
     ServiceConfig,
@@ -320,7 +320,7 @@ def test_cli_warmup_is_on_by_default_and_no_warmup_turns_it_off():
 def test_pixel_ceiling_cannot_exceed_pillows_bomb_limit():
     from PIL import Image
 
-    from sam2_service.config import PILLOW_BOMB_PIXELS
+    from sam2_service.daemon.config import PILLOW_BOMB_PIXELS
 
     assert PILLOW_BOMB_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
     ServiceConfig(max_image_pixels=PILLOW_BOMB_PIXELS)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sam2_service.config import settings
+from sam2_service.daemon.config import settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -26,14 +26,14 @@ PROTOCOL = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_t
 
 
 def _service_error_classes():
-    from sam2_service import errors
+    from sam2_service.wire import errors
 
     return [c for c in vars(errors).values()
             if isinstance(c, type) and issubclass(c, errors.ServiceError)]
 
 
 def test_every_error_code_is_documented_in_the_protocol():
-    from sam2_service.errors import ERROR_CODES
+    from sam2_service.wire.errors import ERROR_CODES
 
     documented = {l.split("`")[1] for l in PROTOCOL.splitlines() if l.startswith("| `")}
     assert ERROR_CODES <= documented, ERROR_CODES - documented
@@ -45,7 +45,7 @@ def test_download_script_knows_the_same_checkpoint_files_as_the_config():
     exists); this keeps it equal to config.MODELS."""
     import re
 
-    from sam2_service.config import MODELS
+    from sam2_service.daemon.config import MODELS
 
     script = (Path(__file__).resolve().parents[2] / "download_checkpoint.sh").read_text()
     table = dict(re.findall(r"^\s+(\w+)\) echo (sam2\.1_hiera_\w+\.pt) ;;$", script, re.M))

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sam2_service import cli, doctor
-from sam2_service.config import ServiceConfig
-from sam2_service.doctor import FAIL, OK, WARN, Check
-from sam2_service.protocol import FrameDecoder, decode_message, encode_message
+from sam2_service import cli
+from sam2_service.daemon import doctor
+from sam2_service.daemon.config import ServiceConfig
+from sam2_service.daemon.doctor import FAIL, OK, WARN, Check
+from sam2_service.wire.frames import FrameDecoder, decode_message, encode_message
 
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 

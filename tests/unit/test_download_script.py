@@ -246,7 +246,7 @@ def test_all_downloads_every_model(tmp_path, server, torchless_python):
     r = run_script(tmp_path, server.base_url, "all", python=torchless_python)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == sorted(ALL)
-    for i, name in enumerate(ALL):
+    for name in ALL:
         assert (tmp_path / name).read_bytes() == server.files[name]
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_service.errors import ImageTooLarge, InvalidRequest
-from sam2_service.imaging import decode_image
-from sam2_service.prompts import validate
-from sam2_service.schema import BBox, SegmentRequest
+from sam2_service.daemon.imaging import decode_image
+from sam2_service.daemon.prompts import validate
+from sam2_service.wire.errors import ImageTooLarge, InvalidRequest
+from sam2_service.wire.schema import BBox, SegmentRequest
 
 FUZZ_FILE = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_pipeline.py"
 SMOKE_SECONDS = 15.0

@@ -16,15 +16,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from skimage import data as skdata
 
-from sam2_service.errors import ImageDecodeError, ImageTooLarge
-from sam2_service.imaging import (
-    decode_base64,
-    decode_image,
-    decode_mask,
-    encode_mask,
-    encode_png,
-    image_size,
-)
+from sam2_service.daemon.imaging import decode_image
+from sam2_service.wire.codecs import decode_base64, decode_mask, encode_mask, encode_png, image_size
+from sam2_service.wire.errors import ImageDecodeError, ImageTooLarge
 
 BIG = 40_000_000
 

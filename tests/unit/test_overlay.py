@@ -1,4 +1,4 @@
-"""sam2_service.overlay: the mask blended in, the box and the point markers drawn on top."""
+"""sam2_service.client.overlay: the mask blended in, the box and the point markers drawn on top."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_service import overlay
-from sam2_service.overlay import (BACKGROUND_COLOR, BOX_COLOR, FOREGROUND_COLOR, MASK_ALPHA,
-                                  MASK_COLOR, draw_overlay, marker_radius, write_overlay)
+from sam2_service.client import overlay
+from sam2_service.client.overlay import (
+    BACKGROUND_COLOR,
+    BOX_COLOR,
+    FOREGROUND_COLOR,
+    MASK_ALPHA,
+    MASK_COLOR,
+    draw_overlay,
+    marker_radius,
+    write_overlay,
+)
 
 H, W = 120, 160
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2_service.errors import InvalidRequest
-from sam2_service.prompts import validate
-from sam2_service.schema import BBox, Point, SegmentRequest
+from sam2_service.daemon.prompts import validate
+from sam2_service.wire.errors import InvalidRequest
+from sam2_service.wire.schema import BBox, Point, SegmentRequest
 
 W, H = 40, 30  # non-square on purpose: (H, W) vs (W, H) mix-ups show
 

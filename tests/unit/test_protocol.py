@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sam2_service.errors import FrameTooLarge, InvalidRequest, ServiceError
-from sam2_service.protocol import (
+from sam2_service.wire.errors import FrameTooLarge, InvalidRequest, ServiceError
+from sam2_service.wire.frames import (
     HEADER_SIZE,
     FrameDecoder,
     decode_message,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sam2_service.errors import InvalidRequest, ServiceError, UnknownOp
-from sam2_service.schema import (
+from sam2_service.wire.errors import InvalidRequest, ServiceError, UnknownOp
+from sam2_service.wire.schema import (
     BBox,
     EmbedRequest,
     InfoRequest,
@@ -21,8 +21,8 @@ from sam2_service.schema import (
     error_response,
     parse_request,
     ping_response,
-    release_response,
     read_request_id,
+    release_response,
     segment_response,
 )
 

@@ -10,14 +10,21 @@ import time
 import numpy as np
 import pytest
 
-from sam2_service.cache import image_id
-from sam2_service.errors import (Busy, ImageDecodeError, InvalidRequest, OutOfMemory,
-                                 RequestTimeout, ShuttingDown, UnknownImage)
-from sam2_service.imaging import decode_mask, encode_png
-from sam2_service.schema import BBox, EmbedRequest, SegmentRequest
-from sam2_service.worker import InferenceWorker
-
+from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.wire.codecs import compute_image_id as image_id
+from sam2_service.wire.codecs import decode_mask, encode_png
+from sam2_service.wire.errors import (
+    Busy,
+    ImageDecodeError,
+    InvalidRequest,
+    OutOfMemory,
+    RequestTimeout,
+    ShuttingDown,
+    UnknownImage,
+)
+from sam2_service.wire.schema import BBox, EmbedRequest, SegmentRequest
 from tests.fake_engine import FakeEngine, FakeOOM
+
 
 def png(seed: int, w: int = 8, h: int = 6) -> str:
     rng = np.random.default_rng(seed)

@@ -21,6 +21,10 @@ HEADER: Final = struct.Struct("<I")
 HEADER_SIZE: Final = HEADER.size  # 4
 MAX_LENGTH: Final = 2**32 - 1  # what the 4-byte prefix can express
 
+#: Where the daemon listens and the clients connect unless told otherwise (the existing
+#: overlay client's path).
+DEFAULT_SOCKET: Final = "/tmp/wcc-sam2.sock"
+
 
 def encode_frame(payload: bytes) -> bytes:
     """Prefix ``payload`` with its 4-byte little-endian length.

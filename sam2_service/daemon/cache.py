@@ -1,36 +1,22 @@
 """The image-embedding cache: an LRU bounded in bytes, keyed by image content and model.
 
-A key is ``(image_id, model_id)``: ``image_id`` is :func:`image_id` of the image file's
+A key is ``(image_id, model_id)``: ``image_id`` is `sam2_service.wire.codecs.compute_image_id` of the image file's
 bytes (after base64 decoding, before any image decoding), ``model_id`` the loaded model's
 identity (model name, checkpoint identity, dtype, device; see
-:meth:`sam2_service.engine.Sam2Engine.model_id`). As in micro-sam's embedding cache, an
+:meth:`sam2_service.daemon.engine.Sam2Engine.model_id`). As in micro-sam's embedding cache, an
 entry made by one model is never looked up for another: the model is part of the key.
 
 No torch here: the entry's size is given by the caller. The cache is not thread-safe; the
-inference thread is its only user (:mod:`sam2_service.worker`).
+inference thread is its only user (:mod:`sam2_service.daemon.worker`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, Hashable, TypeVar
 
 V = TypeVar("V")
-
-#: Length of an ``imageId``: the hex SHA-256 digest (64 characters).
-IMAGE_ID_CHARS = 64
-
-
-def image_id(data: bytes) -> str:
-    """The ``imageId`` of an image file: hex SHA-256 of its bytes (64 lowercase characters).
-
-    SHA-256 is what a client can compute itself with any standard library, and it is fast
-    where it matters (SHA-NI on x86, the ARMv8 crypto extensions on Apple silicon): about
-    1.3 ms for a 2 MB 1080p PNG on the 2-core development machine.
-    """
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The daemon: ``Server(config).serve()`` with startup, main loop and shutdown (as uvicorn).
 
-Data flows one way: socket bytes -> :class:`~sam2_service.protocol.FrameDecoder` ->
-:func:`~sam2_service.schema.parse_request` -> :class:`~sam2_service.worker.InferenceWorker`
+Data flows one way: socket bytes -> :class:`~sam2_service.wire.frames.FrameDecoder` ->
+:func:`~sam2_service.wire.schema.parse_request` -> :class:`~sam2_service.daemon.worker.InferenceWorker`
 -> response object -> frame -> socket. This module is the only place where exceptions
 become error responses.
 """
@@ -19,18 +19,30 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ServiceConfig
+from ..wire.errors import FrameTooLarge, ServiceError, ShuttingDown
+from ..wire.frames import FrameDecoder, decode_message, encode_message
+from ..wire.peer import peer_allowed, peer_uid
+from ..wire.schema import (
+    PROTOCOL_VERSION,
+    EmbedRequest,
+    InfoRequest,
+    PingRequest,
+    ReleaseRequest,
+    SegmentRequest,
+    embed_response,
+    error_response,
+    new_request_id,
+    parse_request,
+    ping_response,
+    read_request_id,
+    release_response,
+    segment_response,
+)
+from .config import ServiceConfig, StartupError
 from .engine import Sam2Engine, package_versions
-from .errors import FrameTooLarge, ServiceError, ShuttingDown, StartupError
 from .logs import event
-from .protocol import FrameDecoder, decode_message, encode_message
-from .schema import (PROTOCOL_VERSION, EmbedRequest, InfoRequest, PingRequest, ReleaseRequest,
-                     SegmentRequest, embed_response, error_response, new_request_id,
-                     parse_request, ping_response, read_request_id, release_response,
-                     segment_response)
 from .service_files import LAUNCHD_SOCKET_NAME
-from .sockets import (LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener, peer_allowed,
-                      peer_hung_up, peer_uid)
+from .sockets import LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener, peer_hung_up
 from .systemd import notify, watchdog_interval
 from .worker import InferenceWorker
 

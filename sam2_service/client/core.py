@@ -21,11 +21,9 @@ import numpy as np
 import pybase64
 from PIL import Image
 
-from .cache import image_id as compute_image_id
-from .config import DEFAULT_SOCKET
-from .errors import ImageDecodeError, ServiceError
-from .imaging import decode_mask, encode_png, image_size
-from .protocol import FrameDecoder, decode_message, encode_message
+from ..wire.codecs import compute_image_id, decode_mask, encode_png, image_size
+from ..wire.errors import ImageDecodeError, ServiceError
+from ..wire.frames import DEFAULT_SOCKET, FrameDecoder, decode_message, encode_message
 
 #: Seconds to wait for a reply. Generous: a cold request on a laptop CPU takes seconds.
 DEFAULT_TIMEOUT = 300.0

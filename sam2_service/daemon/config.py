@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
+from ..wire.frames import DEFAULT_SOCKET
+
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-DEFAULT_SOCKET = "/tmp/wcc-sam2.sock"
 
 #: SAM2.1 model name -> (hydra config inside the sam2 package, checkpoint file name).
 #: Names and files as in facebookresearch/sam2 ``checkpoints/download_ckpts.sh`` (092824).
@@ -179,3 +180,11 @@ def parse_env_value(f: dataclasses.Field, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
     return value * f.metadata.get("scale", 1) if kind in (int, float) else value
+
+
+class StartupError(Exception):
+    """The daemon cannot start (missing checkpoint, missing sam2, bad device).
+
+    The message is one line that says what is wrong and how to fix it; the CLI prints it
+    and exits non-zero. It never crosses the wire.
+    """

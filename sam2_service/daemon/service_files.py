@@ -8,7 +8,7 @@ One home for what ``sam2-service install-service`` writes (docs/service.md expla
   ``Sockets`` entry (:data:`LAUNCHD_SOCKET_NAME`) for launch_activate_socket(3).
 
 The daemon runs as ``<python> -m sam2_service serve <flags>``, where the flags are those
-settings of a :class:`~sam2_service.config.ServiceConfig` that differ from the defaults.
+settings of a :class:`~sam2_service.daemon.config.ServiceConfig` that differ from the defaults.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PLATFORMS = ("systemd", "launchd")
 DEFAULT_WATCHDOG_SEC = 120
 #: systemd ``TimeoutStartSec=``: model load and warm-up before READY=1 can be slow on CPU.
 START_TIMEOUT_SEC = 300
-DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "service.md"
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "service.md"
 
 
 def default_platform(platform: str = sys.platform) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidRequest
-from .schema import SegmentRequest
+from ..wire.errors import InvalidRequest
+from ..wire.schema import SegmentRequest
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
 ``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
-thread-safe; :mod:`sam2_service.worker` calls them from its single inference thread.
+thread-safe; :mod:`sam2_service.daemon.worker` calls them from its single inference thread.
 torch and sam2 are imported here and nowhere else in the package.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import ServiceConfig
-from .errors import InternalError, StartupError
+from ..wire.errors import InternalError
+from .config import ServiceConfig, StartupError
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -111,7 +111,7 @@ def package_versions() -> dict[str, str]:
     """Versions of this service, sam2, torch and Python, read without importing torch."""
     import platform
 
-    from . import __version__
+    from .. import __version__
 
     out = {"service": __version__, "python": platform.python_version()}
     for dist in ("sam2", "torch"):

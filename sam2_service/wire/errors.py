@@ -2,7 +2,7 @@
 
 Every failure the daemon reports to a client is a :class:`ServiceError` carrying a
 ``code`` from :data:`ERROR_CODES` (the wire's ``code`` field) and a human message that
-names the field and what is wrong. Only :mod:`sam2_service.server` turns these into error
+names the field and what is wrong. Only :mod:`sam2_service.daemon.server` turns these into error
 responses; every other module just raises them.
 """
 
@@ -114,9 +114,3 @@ class InternalError(ServiceError):
     code = "internal"
 
 
-class StartupError(Exception):
-    """The daemon cannot start (missing checkpoint, missing sam2, bad device).
-
-    The message is one line that says what is wrong and how to fix it; the CLI prints it
-    and exits non-zero. It never crosses the wire.
-    """

@@ -1,7 +1,7 @@
 """``sam2-service doctor``: check the set-up ``serve`` would use, one line per check.
 
 Each check is a small function returning a :class:`Check`; :func:`run_checks` runs them
-in order for one :class:`~sam2_service.config.ServiceConfig` (the same flags and
+in order for one :class:`~sam2_service.daemon.config.ServiceConfig` (the same flags and
 environment variables as ``serve``), :func:`format_table` prints them, and :func:`main`
 returns the exit code: 1 when a check FAILs (something that stops ``serve`` from
 starting), 0 otherwise. A daemon already answering on the socket is ``ok`` ("already
@@ -137,8 +137,8 @@ def check_device(config: ServiceConfig) -> Check:
     """What ``--device`` resolves to (the daemon's own rule), with the precision it implies."""
     if _import("torch") is None:
         return Check("device", WARN, f"{config.device}: not checked, torch is missing", INSTALL_FIX)
+    from .config import StartupError
     from .engine import resolve_device, resolve_precision
-    from .errors import StartupError
 
     try:
         device = resolve_device(config.device)
@@ -234,15 +234,32 @@ def check_checkpoint(config: ServiceConfig, compare: bool = True) -> Check:
 
 # -- files ---------------------------------------------------------------------------------
 def _ping(path: str, timeout: float) -> dict[str, Any] | str:
-    """The daemon's info reply, or the client's error text."""
-    from .client import Client, ClientError
+    """The daemon's info reply, or what went wrong, in one line. Speaks the wire protocol
+    itself (the daemon layer never imports the client): one ``info`` request, one reply."""
+    from ..wire.errors import ServiceError
+    from ..wire.frames import FrameDecoder, decode_message, encode_message
 
+    decoder = FrameDecoder(1 << 20)
     try:
-        with Client(path, timeout=timeout) as client:
-            client.ping()
-            return client.info()
-    except ClientError as exc:
-        return str(exc)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(encode_message({"op": "info", "requestId": "doctor"}))
+            while (payload := decoder.next_frame()) is None:
+                data = sock.recv(1 << 16)
+                if not data:
+                    return "the daemon closed the connection before replying"
+                decoder.feed(data)
+        reply = decode_message(payload)
+    except socket.timeout:
+        return f"no reply within {timeout} s"
+    except OSError as exc:
+        return f"cannot connect to {path}: {exc.strerror or exc}"
+    except ServiceError as exc:
+        return f"bad reply: {exc.message}"
+    if "error" in reply:
+        return f"{reply.get('code')}: {reply['error']}"
+    return reply
 
 
 def _probe_socket(path: str, timeout: float) -> Check:

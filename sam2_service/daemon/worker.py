@@ -21,12 +21,13 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from .cache import CacheStats, EmbeddingCache, image_id
+from ..wire.codecs import compute_image_id, decode_base64, encode_mask
+from ..wire.errors import Busy, OutOfMemory, RequestTimeout, ShuttingDown, UnknownImage
+from ..wire.schema import EmbedRequest, SegmentRequest
+from .cache import CacheStats, EmbeddingCache
 from .engine import Embedding, Sam2Engine
-from .errors import Busy, OutOfMemory, RequestTimeout, ShuttingDown, UnknownImage
-from .imaging import decode_base64, decode_image, encode_mask
+from .imaging import decode_image
 from .prompts import check_size, validate
-from .schema import EmbedRequest, SegmentRequest
 
 T = TypeVar("T")
 log = logging.getLogger("sam2_service.worker")
@@ -38,10 +39,10 @@ class SegmentOutcome:
 
     Attributes:
         width, height: mask size in pixels (equal to the image's).
-        mask_base64: see :func:`sam2_service.imaging.encode_mask`.
+        mask_base64: see :func:`sam2_service.wire.codecs.encode_mask`.
         score: SAM2's IoU prediction for the mask.
         coverage: fraction of mask pixels that are foreground, 0..1.
-        image_id: the image's ``imageId`` (:func:`sam2_service.cache.image_id`).
+        image_id: the image's ``imageId`` (:func:`sam2_service.wire.codecs.compute_image_id`).
         cached: True when the image embedding came from the cache.
         timings: ms by stage: ``decode`` (base64, hash, PNG/JPEG, prompt checks), ``encode``
             (image embedding; 0 when cached), ``predict`` (SAM2's ``predict``), ``mask``
@@ -309,7 +310,7 @@ class InferenceWorker:
         else:
             assert request.image_base64 is not None
             data = decode_base64(request.image_base64)
-            iid = image_id(data)
+            iid = compute_image_id(data)
             timings["decode"] = _ms(started)
             emb, cached, prompts = self._embedding(data, iid, check, timings)
         result = self.engine.predict(emb, prompts)
@@ -326,7 +327,7 @@ class InferenceWorker:
         started = time.perf_counter()
         timings = {"_started": started, "decode": 0.0, "encode": 0.0}
         data = decode_base64(request.image_base64)
-        iid = image_id(data)
+        iid = compute_image_id(data)
         timings["decode"] = _ms(started)
         emb, cached, _ = self._embedding(
             data, iid, functools.partial(check_size, request.width, request.height), timings)

@@ -1,0 +1,32 @@
+"""Clients of the daemon, for the CLI and the front-ends (browser gateway, napari plugin).
+
+Requests are built and replies read without I/O in :mod:`.core`; :class:`Client` (blocking)
+and :class:`AsyncClient` (asyncio) carry them over the socket. :mod:`.overlay` draws a mask and
+its prompts on the image. Imports :mod:`sam2_service.wire` only: no torch, no daemon code, so a
+front-end's environment needs neither.
+"""
+
+from .core import (
+                   AsyncClient,
+                   Client,
+                   ClientError,
+                   ImageInput,
+                   ImageMemo,
+                   ImageRef,
+                   PointInput,
+                   PreparedImage,
+                   RequestFailed,
+                   SegmentResult,
+                   build_embed_request,
+                   build_segment_request,
+                   check_response,
+                   default_socket_path,
+                   encode_image_input,
+                   parse_segment_response,
+                   prepare_image,
+)
+
+__all__ = ["AsyncClient", "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef",
+           "PointInput", "PreparedImage", "RequestFailed", "SegmentResult", "build_embed_request",
+           "build_segment_request", "check_response", "default_socket_path", "encode_image_input",
+           "parse_segment_response", "prepare_image"]

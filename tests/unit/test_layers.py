@@ -1,0 +1,127 @@
+"""The package's layers and who may import whom (README, "Code map").
+
+Every ``import`` statement of every module is read with :mod:`ast`, wherever it stands (lazy
+imports inside functions count), and resolved to the absolute module it names.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "sam2_service"
+
+#: layer -> the layers of ours it may import (itself always; the package root holds only
+#: ``__version__`` and is open to all).
+ALLOWED = {
+    "wire": {"wire"},
+    "daemon": {"wire", "daemon"},
+    "client": {"wire", "client"},
+    "web": {"wire", "client", "web"},
+    "napari": {"wire", "client", "napari"},
+}
+#: Third-party packages that only the daemon may import: the model's stack.
+MODEL_STACK = {"torch", "torchvision", "sam2", "hydra", "omegaconf"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(source: str, name: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute module name) for every import in ``source``, the text of module
+    ``name`` (a package's ``__init__`` when ``is_package``)."""
+    package = name if is_package else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target))  # each name may itself be a module:
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "sam2_service" and parts[1] in ALLOWED else None
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_layer_exists_or_is_room_for_later() -> None:
+    present = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert {"wire", "daemon", "client"} <= present
+    assert present <= set(ALLOWED)
+
+
+def _violations(source: str, name: str, is_package: bool = False) -> list[str]:
+    layer = _layer(name)
+    if layer is None:  # cli, __main__, the package root: the composition root, free
+        return []
+    bad = []
+    for line, target in _imports(source, name, is_package):
+        top = target.split(".")[0]
+        if top == "sam2_service":
+            other = _layer(target)
+            if other is not None and other not in ALLOWED[layer]:
+                bad.append(f"line {line}: {layer} imports sam2_service.{other}")
+            elif other is None and target not in ("sam2_service", "sam2_service.__version__"):
+                bad.append(f"line {line}: {layer} imports {target} (outside the layers)")
+        elif top in MODEL_STACK and layer != "daemon":
+            bad.append(f"line {line}: {layer} imports {top} (the model's stack)")
+    return list(dict.fromkeys(bad))  # one line per statement and layer
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    bad = _violations(path.read_text(), _module_name(path), path.name == "__init__.py")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_catches_lazy_relative_and_model_imports() -> None:
+    """The rule can fail: a lazy relative import of the daemon from the client, a cli import
+    from the wire, and torch in a front-end are each reported."""
+    src = "def f():\n    from ..daemon import engine\n    import torch\n"
+    assert _violations(src, "sam2_service.client.x") == [
+        "line 2: client imports sam2_service.daemon",
+        "line 3: client imports torch (the model's stack)",
+    ]
+    assert _violations("from .. import cli\n", "sam2_service.wire.y") == [
+        "line 1: wire imports sam2_service.cli (outside the layers)"]
+    assert _violations("from sam2_service import daemon\n", "sam2_service.client.y") == [
+        "line 1: client imports sam2_service.daemon"]
+    assert _violations("from ..client import Client\n", "sam2_service.daemon.z") == [
+        "line 1: daemon imports sam2_service.client"]
+    assert _violations("from .codecs import encode_mask\n", "sam2_service.wire", True) == []
+
+
+@pytest.mark.parametrize("modules", [
+    "sam2_service.client",
+    "sam2_service.client.overlay",
+    "sam2_service.wire.codecs, sam2_service.wire.schema, sam2_service.wire.frames",
+    "sam2_service.cli",
+])
+def test_front_end_imports_leave_torch_out(modules: str) -> None:
+    """A front-end's environment needs no torch: importing the client (and the CLI, whose
+    client commands run without the daemon's extra) must not import it."""
+    code = (f"import sys, {modules}\n"
+            "bad = sorted(m for m in ('torch', 'torchvision', 'sam2', 'hydra') if m in sys.modules)\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{modules} imported {out.stdout.strip()}"
