@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Final, Literal, Mapping, get_args
 
 from ..wire.frames import DEFAULT_SOCKET
 
@@ -160,6 +160,17 @@ def settings() -> list[dataclasses.Field]:
     return list(dataclasses.fields(ServiceConfig))
 
 
+#: Words a boolean variable accepts (case-insensitive; the empty string is false too).
+_TRUE_WORDS: Final = ("1", "true", "yes", "on")
+_FALSE_WORDS: Final = ("0", "false", "no", "off")
+#: What to write instead of a value that does not parse, by setting type.
+_VALID_TEXT: Final = {
+    bool: "use 1/0, true/false, yes/no or on/off",
+    int: "use a whole number, e.g. 8",
+    float: "use a number, e.g. 2.5",
+}
+
+
 def parse_env_value(f: dataclasses.Field, raw: str) -> Any:
     """Convert an environment variable's text to the setting's type (in config units).
 
@@ -171,14 +182,15 @@ def parse_env_value(f: dataclasses.Field, raw: str) -> Any:
     try:
         if kind is bool:
             low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
+            if low in _TRUE_WORDS:
                 return True
-            if low in ("0", "false", "no", "off", ""):
+            if low in _FALSE_WORDS or low == "":
                 return False
             raise ValueError(raw)
         value = kind(raw)
     except ValueError:
-        raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+        raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}: "
+                         f"{_VALID_TEXT.get(kind, 'see the README settings table')}") from None
     return value * f.metadata.get("scale", 1) if kind in (int, float) else value
 
 

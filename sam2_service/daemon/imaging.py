@@ -1,6 +1,6 @@
-"""Image and mask bytes: base64/data-URL decoding, PNG/JPEG decoding, mask encoding.
+"""Request image bytes to pixels: PNG/JPEG decoding for the inference thread.
 
-No torch here: the client and front-ends use this module too. Decoding follows Pillow's
+No torch here (the fuzzer and the unit tests decode without a model). Decoding follows Pillow's
 security guidance: only the PNG and JPEG decoders are allowed, the pixel count is read
 from the header and checked before the pixels are decoded, and Pillow's own
 ``Image.MAX_IMAGE_PIXELS`` guard is left in place.
@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..wire.codecs import ALLOWED_FORMATS
 from ..wire.errors import ImageDecodeError, ImageTooLarge
+from .config import PILLOW_BOMB_PIXELS
 
 #: Pillow modes of a 16-bit greyscale PNG ("I" in older Pillow): its convert("RGB") clips
 #: them at 255 instead of scaling, which turns most such images white.
@@ -50,15 +51,17 @@ def decode_image(data: bytes, max_pixels: int, field: str = "imageBase64") -> np
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{field}: image of {width}x{height} = {width * height} pixels exceeds the "
-                    f"limit of {max_pixels} pixels", field=field)
+                    f"limit of {max_pixels} pixels: send a smaller image, or start the daemon "
+                    f"with a larger --max-image-pixels (at most {PILLOW_BOMB_PIXELS})",
+                    field=field)
             im.load()
             if im.mode in _SIXTEEN_BIT_GREY:
                 return _grey16_to_rgb(np.asarray(im))
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             return np.array(rgb)  # a writable copy: torchvision's ToTensor warns on read-only arrays
     except Image.DecompressionBombError as exc:  # Pillow's own guard, at 2x its MAX_IMAGE_PIXELS
-        raise ImageTooLarge(f"{field}: {exc} (the daemon's own limit is {max_pixels} pixels)",
-                            field=field) from None
+        raise ImageTooLarge(f"{field}: {exc} (the daemon's own limit is {max_pixels} pixels): "
+                            "send a smaller image", field=field) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{field} is not a PNG or JPEG image", field=field) from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,25 @@ def test_env_bool_false(raw):
 def test_env_bool_invalid_names_variable(raw):
     with pytest.raises(ValueError, match="SAM2_SERVICE_DUMMY_WEIGHTS"):
         parse_env_value(field("dummy_weights"), raw)
+
+
+def test_env_bool_invalid_lists_the_accepted_words_and_each_one_parses():
+    with pytest.raises(ValueError) as info:
+        parse_env_value(field("dummy_weights"), "ture")
+    message = str(info.value)
+    assert message.startswith("SAM2_SERVICE_DUMMY_WEIGHTS='ture' is not a valid bool: use ")
+    pairs = re.findall(r"(\w+)/(\w+)", message)
+    assert len(pairs) == 4, message
+    for true_word, false_word in pairs:
+        assert parse_env_value(field("dummy_weights"), true_word) is True
+        assert parse_env_value(field("dummy_weights"), false_word) is False
+
+
+@pytest.mark.parametrize("name, raw, hint", [("max_frame_bytes", "abc", "whole number"),
+                                             ("shutdown_timeout", "soon", "number")])
+def test_env_number_invalid_says_what_to_write(name, raw, hint):
+    with pytest.raises(ValueError, match=f"is not a valid .*: use a {hint}, e.g. "):
+        parse_env_value(field(name), raw)
 
 
 def test_env_int_with_scale():

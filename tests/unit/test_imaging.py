@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from skimage import data as skdata
 
+from sam2_service.daemon.config import PILLOW_BOMB_PIXELS
 from sam2_service.daemon.imaging import decode_image
 from sam2_service.wire.codecs import decode_base64, decode_mask, encode_mask, encode_png, image_size
 from sam2_service.wire.errors import ImageDecodeError, ImageTooLarge
@@ -183,6 +184,9 @@ def test_over_max_pixels_rejected():
         decode_image(png, max_pixels=199)
     assert info.value.code == "image_too_large"
     assert "20x10" in info.value.message
+    # says what to do: the flag that raises the limit, and its ceiling
+    assert "--max-image-pixels" in info.value.message
+    assert str(PILLOW_BOMB_PIXELS) in info.value.message
 
 
 def test_exactly_max_pixels_accepted():
