@@ -23,11 +23,16 @@ $(STAMP): pyproject.toml requirements.txt
 
 install: $(STAMP)
 
+# What `make run` suggests when the checkpoint host is unreachable: the same command with
+# DUMMY=1, repeating MODEL and SOCKET where they were given (command line or environment).
+DUMMY_HINT = make run DUMMY=1$(if $(filter-out file,$(origin MODEL)), MODEL=$(MODEL))$(if \
+  $(filter-out file,$(origin SOCKET)), SOCKET=$(SOCKET))
+
 run: install
 ifeq ($(DUMMY),1)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --dummy-weights
 else
-	@test -f $(CHECKPOINT) || SAM2_DOWNLOAD_HINT="; start with random weights instead: make run DUMMY=1" \
+	@test -f $(CHECKPOINT) || SAM2_DOWNLOAD_HINT="; start with random weights instead: $(DUMMY_HINT)" \
 	  ./download_checkpoint.sh $(MODEL)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
 endif

@@ -1,0 +1,62 @@
+"""The Makefile's `run` and `install` recipes, run by make itself (nothing is installed:
+`-o .venv/.installed` keeps make from running the set-up, `-n` only prints commands)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAMP = ".venv/.installed"
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("bash") is None,
+                                reason="needs make and bash")
+
+
+def make(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """make in the repository with the Makefile's own defaults: no MODEL, SOCKET, DUMMY,
+    TORCH_INDEX or SAM2_* from this environment, and no flags of an outer make."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("MODEL", "SOCKET", "DUMMY", "TORCH_INDEX", "MAKEFLAGS", "MFLAGS",
+                          "MAKELEVEL") and not k.startswith("SAM2_")}
+    clean.update(env)
+    return subprocess.run(["make", "-s", "-C", str(REPO), *args], env=clean,
+                          capture_output=True, text=True, timeout=60)
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("given, hint", [
+    ([], "make run DUMMY=1"),
+    (["MODEL=small", "SOCKET=/tmp/x.sock"], "make run DUMMY=1 MODEL=small SOCKET=/tmp/x.sock"),
+    (["SOCKET=/tmp/y.sock"], "make run DUMMY=1 SOCKET=/tmp/y.sock"),
+])
+def test_run_without_network_suggests_dummy_with_the_same_model_and_socket(tmp_path, given,
+                                                                           hint):
+    r = make("-o", STAMP, "run", *given, f"CHECKPOINT={tmp_path / 'absent.pt'}",
+             SAM2_CHECKPOINT_BASE_URL=f"http://127.0.0.1:{closed_port()}",
+             SAM2_CHECKPOINT_DIR=str(tmp_path / "ckpt"), SAM2_DOWNLOAD_RETRIES="0")
+    assert r.returncode != 0
+    line = next(l for l in r.stderr.splitlines() if "is unreachable" in l)
+    assert line.endswith(f"; start with random weights instead: {hint}"), line
+    assert "sam2-service" not in r.stdout  # make stopped before serve
+
+    # the suggested command starts the daemon with random weights, that model and socket
+    hinted = make("-n", "-o", STAMP, *shlex.split(hint)[1:])
+    serve = [l for l in hinted.stdout.splitlines() if " serve " in l]
+    model = next((a[6:] for a in given if a.startswith("MODEL=")), "tiny")
+    sock = next((a[7:] for a in given if a.startswith("SOCKET=")), "/tmp/wcc-sam2.sock")
+    assert serve == [f".venv/bin/sam2-service serve --model {model} --socket {sock} "
+                     "--dummy-weights"], hinted.stdout
