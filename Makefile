@@ -9,6 +9,9 @@ DUMMY  ?=
 BENCH_DEVICE ?= cpu
 CHECKPOINT := checkpoints/sam2.1_hiera_$(MODEL).pt
 STAMP  := $(VENV)/.installed
+# pip index for the torch step alone, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
+# build; empty: PyPI, whose Linux torch wheels pull in the CUDA libraries (about 2.6 GB).
+TORCH_INDEX ?=
 
 .PHONY: install run test test-unit lint fuzz clean bench
 
@@ -16,7 +19,7 @@ STAMP  := $(VENV)/.installed
 # would fetch a second multi-GB torch), then this package with the daemon's extra and its test tools.
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --disable-pip-version-check 'torch>=2.5.1' 'torchvision>=0.20.1'
+	$(PIP) install --disable-pip-version-check $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)' )'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
 	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,test]'
 	touch $(STAMP)

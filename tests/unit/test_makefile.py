@@ -60,3 +60,23 @@ def test_run_without_network_suggests_dummy_with_the_same_model_and_socket(tmp_p
     sock = next((a[7:] for a in given if a.startswith("SOCKET=")), "/tmp/wcc-sam2.sock")
     assert serve == [f".venv/bin/sam2-service serve --model {model} --socket {sock} "
                      "--dummy-weights"], hinted.stdout
+
+
+def pip_installs(*args: str) -> list[list[str]]:
+    """The argv of each `pip install` that `make install` would run (-B: even if installed)."""
+    out = make("-n", "-B", "install", *args).stdout
+    return [shlex.split(l) for l in out.splitlines() if " -m pip install " in l]
+
+
+def test_install_uses_pypi_for_torch_by_default():
+    steps = pip_installs()
+    assert len(steps) == 3 and "torch>=2.5.1" in steps[0]
+    assert not any("--index-url" in step or "--extra-index-url" in step for step in steps)
+
+
+def test_torch_index_applies_to_the_torch_step_alone():
+    index = "https://download.pytorch.org/whl/cpu"
+    torch_step, *rest = pip_installs(f"TORCH_INDEX={index}")
+    assert torch_step[torch_step.index("--index-url") + 1] == index
+    assert torch_step[-2:] == ["torch>=2.5.1", "torchvision>=0.20.1"]
+    assert len(rest) == 2 and not any("--index-url" in step for step in rest)
