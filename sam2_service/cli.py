@@ -201,10 +201,17 @@ def _install_service(ns: argparse.Namespace) -> int:
     from .daemon import service_files as sf
 
     try:
-        files = sf.service_files(ns.platform, config_from_args(ns))
+        config = config_from_args(ns)
+        files = sf.service_files(ns.platform, config)
     except ValueError as exc:
         print(f"sam2-service: {exc}", file=sys.stderr)
         return 1
+    problem = sf.checkpoint_problem(config)
+    if problem and not ns.dry_run:
+        print(f"sam2-service: not installed: {problem}", file=sys.stderr)
+        return 1
+    if problem:
+        print(f"sam2-service: warning: {problem}", file=sys.stderr)
     if ns.dry_run:  # systemd: two files, each after a "# FILE:" line; launchd: the plist alone
         print("\n".join(text if ns.platform == "launchd" else f"# FILE: {path}\n{text}"
                         for path, text in files), end="")

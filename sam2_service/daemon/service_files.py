@@ -249,6 +249,22 @@ def service_files(platform: str, config: ServiceConfig, env: Mapping[str, str] |
     return [(folder / name, text) for name, text in pairs]
 
 
+def checkpoint_problem(config: ServiceConfig) -> str:
+    """Why a service with ``config`` could never start for want of its checkpoint, with the
+    fix, in one line; ``""`` when the checkpoint is usable or not needed (``--dummy-weights``).
+
+    The checks are ``doctor``'s (present, a regular file, loads as a SAM2 checkpoint when torch
+    is installed), not repeated here. Without its checkpoint the daemon exits at every start,
+    and systemd/launchd restart it again and again (systemd until its start limit).
+    """
+    from .doctor import check_checkpoint
+
+    check = check_checkpoint(config, compare=False)
+    if not check.failed:
+        return ""
+    return f"checkpoint {check.detail}, so the service could never start; fix: {check.fix}"
+
+
 def write_files(platform: str, files: Sequence[tuple[Path, str]],
                 env: Mapping[str, str] | None = None) -> list[Path]:
     """Write each file (creating folders, replacing earlier versions); returns the paths.

@@ -312,7 +312,18 @@ def test_environment_settings_are_baked_in(home, capsys, monkeypatch):
         "--model", "base_plus"]
 
 
-def test_install_and_uninstall_systemd(home, capsys):
+@pytest.fixture
+def checkpoint(home):
+    """A small file that loads as a SAM2 checkpoint, where `serve` looks by default."""
+    import torch
+
+    path = home["root"] / "checkpoints" / "sam2.1_hiera_tiny.pt"
+    path.parent.mkdir()
+    torch.save({"model": {"image_encoder.x": torch.zeros(2)}}, path)
+    return path
+
+
+def test_install_and_uninstall_systemd(home, checkpoint, capsys):
     assert cli.main(["install-service", "--platform", "systemd", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     service, socket_unit = home["units"] / sf.SYSTEMD_SERVICE, home["units"] / sf.SYSTEMD_SOCKET
@@ -339,7 +350,7 @@ def test_install_and_uninstall_systemd(home, capsys):
     assert f"nothing installed in {home['units']}" in capsys.readouterr().out
 
 
-def test_install_and_uninstall_launchd(home, capsys):
+def test_install_and_uninstall_launchd(home, checkpoint, capsys):
     assert cli.main(["install-service", "--platform", "launchd"]) == 0
     plist = home["agents"] / f"{sf.LAUNCHD_LABEL}.plist"
     out = capsys.readouterr().out
@@ -351,6 +362,41 @@ def test_install_and_uninstall_launchd(home, capsys):
     out = capsys.readouterr().out
     assert not plist.exists() and f"removed {plist}" in out
     assert f"launchctl bootout gui/$(id -u)/{sf.LAUNCHD_LABEL}" in out
+
+
+@pytest.mark.parametrize("platform", sf.PLATFORMS)
+def test_install_refuses_without_a_checkpoint_and_says_how_to_get_one(home, capsys, platform):
+    """A service without its checkpoint would be restarted forever by systemd/launchd."""
+    assert cli.main(["install-service", "--platform", platform, "--model", "small"]) == 1
+    out, err = capsys.readouterr()
+    expected = home["root"] / "checkpoints" / "sam2.1_hiera_small.pt"
+    assert err.startswith(f"sam2-service: not installed: checkpoint not found: {expected}, ")
+    assert "./download_checkpoint.sh small" in err and "--dummy-weights" in err
+    assert len(err.splitlines()) == 1 and "wrote" not in out
+    assert not home["units"].exists() and not home["agents"].exists()
+    assert not home["reloads"]
+
+
+def test_install_refuses_a_file_that_is_not_a_checkpoint(home, capsys):
+    (home["root"] / "notes.pt").write_text("not a checkpoint")
+    assert cli.main(["install-service", "--platform", "systemd", "--checkpoint", "notes.pt"]) == 1
+    err = capsys.readouterr().err
+    assert "not installed: checkpoint" in err and "torch.load failed" in err
+    assert not home["units"].exists()
+
+
+def test_dry_run_without_a_checkpoint_warns_and_prints_the_files(home, capsys):
+    assert cli.main(["install-service", "--platform", "systemd", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("sam2-service: warning: checkpoint not found: ")
+    assert out.count("# FILE: ") == 2 and not home["units"].exists()
+
+
+def test_dummy_weights_need_no_checkpoint(home, capsys):
+    assert cli.main(["install-service", "--platform", "systemd", "--dummy-weights"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and f"wrote {home['units'] / sf.SYSTEMD_SERVICE}" in out
+    assert "--dummy-weights" in (home["units"] / sf.SYSTEMD_SERVICE).read_text()
 
 
 def test_install_reports_a_bad_setting(home, capsys):
