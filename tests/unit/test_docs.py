@@ -50,3 +50,43 @@ def test_download_script_knows_the_same_checkpoint_files_as_the_config():
     script = (Path(__file__).resolve().parents[2] / "download_checkpoint.sh").read_text()
     table = dict(re.findall(r"^\s+(\w+)\) echo (sam2\.1_hiera_\w+\.pt) ;;$", script, re.M))
     assert table == {name: ckpt for name, (_, ckpt) in MODELS.items()}
+
+
+#: Formats the README ("Smoke test") and docs/protocol.md ("Image formats") say the client
+#: converts to PNG and the daemon rejects; PNG and JPEG go through unchanged.
+CONVERTED_FORMATS = ["GIF", "WebP", "BMP", "TIFF"]
+
+
+@pytest.mark.parametrize("fmt", CONVERTED_FORMATS + ["PNG", "JPEG"])
+def test_image_formats_are_as_documented(fmt):
+    """The daemon decodes PNG and JPEG only; the client converts the others to PNG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sam2_service.client.core import encode_image_input
+    from sam2_service.daemon.imaging import decode_image
+    from sam2_service.wire.errors import ImageDecodeError
+
+    for text in (README, PROTOCOL):
+        assert fmt in text
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(buf, format=fmt.upper())
+    original = buf.getvalue()
+    sent, width, height = encode_image_input(original)
+    assert (width, height) == (8, 6)
+    if fmt in CONVERTED_FORMATS:
+        assert sent.startswith(b"\x89PNG\r\n\x1a\n") and sent != original
+        with pytest.raises(ImageDecodeError):
+            decode_image(original, 10**6)
+    else:
+        assert sent == original
+    assert decode_image(sent, 10**6).shape == (6, 8, 3)
+
+
+def test_readme_segment_examples_write_different_files():
+    """Run one after the other, the smoke test's examples must not overwrite each other."""
+    outputs = [line.split("--output ")[1].split()[0] for line in README.splitlines()
+               if "sam2-service segment " in line and "--output " in line]
+    assert len(outputs) >= 2 and len(set(outputs)) == len(outputs), outputs
