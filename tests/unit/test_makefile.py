@@ -38,6 +38,8 @@ def closed_port() -> int:
     return port
 
 
+@pytest.mark.skipif(not (shutil.which("curl") or shutil.which("wget")),
+                    reason="download_checkpoint.sh needs curl or wget")
 @pytest.mark.parametrize("given, hint", [
     ([], "make run DUMMY=1"),
     (["MODEL=small", "SOCKET=/tmp/x.sock"], "make run DUMMY=1 MODEL=small SOCKET=/tmp/x.sock"),
