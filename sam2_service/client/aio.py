@@ -15,6 +15,7 @@ import numpy as np
 
 from ..wire.errors import ServiceError
 from ..wire.frames import FrameDecoder, encode_message
+from ..wire.peer import peer_uid
 from .core import (
     CLIENT_MAX_FRAME_BYTES,
     CONNECT_RETRY_S,
@@ -28,6 +29,7 @@ from .core import (
     SegmentResult,
     Steps,
     check_response,
+    check_server_uid,
     connect_failed,
     decode_reply,
     default_socket_path,
@@ -67,6 +69,7 @@ class AsyncClient:
         if self._streams is None:
             sock = await _connect_retrying(self.socket_path, self.timeout)
             try:
+                check_server_uid(peer_uid(sock), self.socket_path)
                 self._streams = await asyncio.open_unix_connection(sock=sock, limit=RECV_CHUNK)
             except BaseException:
                 sock.close()
@@ -88,6 +91,7 @@ class AsyncClient:
         """Send one request object and return the reply object (error replies included).
 
         Raises:
+            RequestFailed: ``untrusted_server`` (the socket's server runs as another user).
             ClientError: the daemon could not be reached, hung up, or sent a bad frame.
         """
         async with self._lock:

@@ -1,5 +1,5 @@
-"""The clients' I/O-free core: requests built, replies read and checked,
-and the segment-with-reuse logic written once as a generator that both transports
+"""The clients' I/O-free core: requests built, replies read and checked, the server's uid
+judged, and the segment-with-reuse logic written once as a generator that both transports
 (:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`) drive.
 
 Front-ends (CLI, WebSocket gateway, napari plugin) use these; nothing here imports torch or
@@ -25,6 +25,7 @@ from PIL import Image
 from ..wire.codecs import compute_image_id, decode_mask, encode_png, image_size
 from ..wire.errors import ImageDecodeError, ServiceError
 from ..wire.frames import DEFAULT_SOCKET, decode_message
+from ..wire.peer import peer_allowed
 
 #: Seconds to wait for a reply. Generous: a cold request on a laptop CPU takes seconds.
 DEFAULT_TIMEOUT = 300.0
@@ -327,6 +328,27 @@ def release_steps(memo: ImageMemo, image: ImageRef | str) -> Steps:
     iid = image.image_id if isinstance(image, ImageRef) else image
     memo.forget(iid)
     return bool(check_response((yield {"op": "release", "imageId": iid}))["released"])
+
+
+def check_server_uid(uid: int | None, socket_path: str, own_uid: int | None = None) -> None:
+    """Refuse a server run by another user, before anything is sent to it.
+
+    Args:
+        uid: the server's uid (:func:`sam2_service.wire.peer.peer_uid`), None where unknown.
+        socket_path: the socket connected to, for the message.
+        own_uid: this process's effective uid (default ``os.geteuid()``).
+
+    Raises:
+        RequestFailed: code ``untrusted_server``: ``uid`` is neither ``own_uid`` nor root.
+    """
+    own = os.geteuid() if own_uid is None else own_uid
+    if not peer_allowed(uid, own):
+        raise RequestFailed(
+            "untrusted_server",
+            f"the server at {socket_path} runs as uid {uid}, neither this user (uid {own}) nor "
+            "root; nothing was sent. Another user may have bound the socket first: stop that "
+            "process or remove the socket and start your daemon, or use a socket in a directory "
+            "only you can write (--socket or SAM2_SERVICE_SOCKET)", "")
 
 
 def connect_failed(socket_path: str, exc: OSError) -> ClientError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..wire.errors import ServiceError
 from ..wire.frames import FrameDecoder, encode_message
+from ..wire.peer import peer_uid
 from .core import (
     CLIENT_MAX_FRAME_BYTES,
     CONNECT_RETRY_S,
@@ -29,6 +30,7 @@ from .core import (
     SegmentResult,
     Steps,
     check_response,
+    check_server_uid,
     connect_failed,
     decode_reply,
     default_socket_path,
@@ -47,7 +49,8 @@ class Client:
         timeout: seconds to wait for connecting (a full accept queue is retried until then)
             and for each reply.
 
-    Every method raises :class:`~.core.RequestFailed` on an error reply and
+    Every method raises :class:`~.core.RequestFailed` on an error reply (``untrusted_server``
+    when the socket's server runs as another user, before anything is sent) and
     :class:`~.core.ClientError` when the daemon cannot be reached or sends a bad frame.
     """
 
@@ -67,7 +70,13 @@ class Client:
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
-            self._sock = _connect_retrying(self.socket_path, self.timeout)
+            sock = _connect_retrying(self.socket_path, self.timeout)
+            try:
+                check_server_uid(peer_uid(sock), self.socket_path)
+            except BaseException:
+                sock.close()
+                raise
+            self._sock = sock
         return self._sock
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
