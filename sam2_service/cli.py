@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment an image with a box and/or points")
     _client_flags(seg)
     seg.add_argument("--image", required=True, type=Path, help="image file (PNG/JPEG sent as is)")
-    seg.add_argument("--bbox", type=_bbox, help="box x1,y1,x2,y2 in pixels")
+    seg.add_argument("--bbox", type=_bbox,
+                     help="box x1,y1,x2,y2 in pixels (may start outside: --bbox -50,-50,100,100)")
     seg.add_argument("--point", type=_point, action="append", default=[],
                      help="point x,y[,label] in pixels; label 1 foreground (default), 0 background; "
                           "repeatable")
@@ -106,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flags(doctor)
     _service_parsers(sub)
     return parser
+
+
+#: Options whose value may start with "-" (a negative coordinate, documented as ``--bbox
+#: -50,-50,100,100``). argparse takes such a value for an option and fails with "expected one
+#: argument": its negative-number exception covers a single number ("-5"), not a list.
+_COORDINATE_OPTIONS = ("--bbox", "--point")
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--bbox X`` / ``--point X`` written ``--bbox=X`` where X starts with a
+    minus sign and a digit, so argparse reads X as the value. Nothing after ``--`` changes."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return out + list(argv[i:])
+        if (token in _COORDINATE_OPTIONS and i + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[i + 1])):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """:func:`build_parser` on ``argv`` (default ``sys.argv[1:]``) after
+    :func:`join_negative_values`. Exits with status 2 on bad arguments, as argparse does."""
+    return build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
 
 
 def _service_parsers(sub: Any) -> None:
@@ -137,12 +171,37 @@ def _serve(ns: argparse.Namespace) -> int:
     return run(config)
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (its folder is missing or not writable, or it
+    is a folder), or None if it looks writable."""
+    folder = path.parent
+    if path.is_dir():
+        return "it is a folder"
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
+
+
+def _check_outputs(ns: argparse.Namespace) -> bool:
+    """Check --output and --overlay before the request is sent; print one line if one fails."""
+    for flag, path in (("--output", getattr(ns, "output", None)),
+                       ("--overlay", getattr(ns, "overlay", None))):
+        why = None if path is None else _unwritable(path)
+        if why is not None:
+            print(f"sam2-service: cannot write {flag} {path}: {why}", file=sys.stderr)
+            return False
+    return True
+
+
 def _client_command(ns: argparse.Namespace) -> int:
     import orjson
 
     from .client import Client, ClientError, RequestFailed
-    from .wire.codecs import encode_png
 
+    if not _check_outputs(ns):
+        return 1
     try:
         with Client(ns.socket, timeout=ns.timeout) as client:
             if ns.command in ("ping", "info"):
@@ -166,11 +225,22 @@ def _client_command(ns: argparse.Namespace) -> int:
     coverage = float((result.mask > 0).mean()) * 100
     print(f"score={result.score:.4f} inferenceTimeMs={result.inference_time_ms:.1f} "
           f"roundTripMs={round_trip:.1f} mask={w}x{h} coverage={coverage:.1f}%")
-    if ns.output is not None:
-        ns.output.write_bytes(encode_png(result.mask))
-        print(f"wrote {ns.output}")
+    if ns.output is not None and _write_mask(ns.output, result.mask) != 0:
+        return 1
     if ns.overlay is not None:
         return _write_overlay(ns, result.mask)
+    return 0
+
+
+def _write_mask(path: Path, mask: Any) -> int:
+    from .wire.codecs import encode_png
+
+    try:
+        path.write_bytes(encode_png(mask))
+    except OSError as exc:
+        print(f"sam2-service: cannot write --output {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 
@@ -254,7 +324,7 @@ def _uninstall_service(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sam2-service`` console script; returns the exit code."""
-    ns = build_parser().parse_args(argv)
+    ns = parse_args(argv)
     if ns.command == "serve":
         return _serve(ns)
     if ns.command == "doctor":

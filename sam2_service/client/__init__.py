@@ -1,14 +1,13 @@
 """Clients of the daemon, for the CLI and the front-ends (browser gateway, napari plugin).
 
-Requests are built and replies read without I/O in :mod:`.core`; :class:`Client` (blocking)
-and :class:`AsyncClient` (asyncio) carry them over the socket. :mod:`.overlay` draws a mask and
-its prompts on the image. Imports :mod:`sam2_service.wire` only: no torch, no daemon code, so a
-front-end's environment needs neither.
+Requests are built and replies read without I/O in :mod:`.core`; :class:`Client` (blocking,
+:mod:`.sync`) and :class:`AsyncClient` (asyncio, :mod:`.aio`) carry them over the socket.
+:mod:`.overlay` draws a mask and its prompts on the image. Imports :mod:`sam2_service.wire`
+only: no torch, no daemon code, so a front-end's environment needs neither.
 """
 
+from .aio import AsyncClient
 from .core import (
-                   AsyncClient,
-                   Client,
                    ClientError,
                    ImageInput,
                    ImageMemo,
@@ -25,6 +24,7 @@ from .core import (
                    parse_segment_response,
                    prepare_image,
 )
+from .sync import Client
 
 __all__ = ["AsyncClient", "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef",
            "PointInput", "PreparedImage", "RequestFailed", "SegmentResult", "build_embed_request",

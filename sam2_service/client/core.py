@@ -1,21 +1,22 @@
-"""Python clients of the daemon, sync (:class:`Client`) and asyncio (:class:`AsyncClient`).
+"""The clients' I/O-free core: requests built, replies read and checked, the server's uid
+judged, and the segment-with-reuse logic written once as a generator that both transports
+(:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`) drive.
 
-Front-ends (CLI, WebSocket gateway, napari plugin) use this module; it imports no torch.
-Masks come back as numpy ``uint8`` arrays of shape (H, W), 0 background and 255 foreground.
+Front-ends (CLI, WebSocket gateway, napari plugin) use these; nothing here imports torch or
+touches a socket. Masks come back as numpy ``uint8`` arrays of shape (H, W), 0 background and
+255 foreground.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
-import socket
-import time
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Generator, Iterable, Sequence, Union
 
 import numpy as np
 import pybase64
@@ -23,13 +24,15 @@ from PIL import Image
 
 from ..wire.codecs import compute_image_id, decode_mask, encode_png, image_size
 from ..wire.errors import ImageDecodeError, ServiceError
-from ..wire.frames import DEFAULT_SOCKET, FrameDecoder, decode_message, encode_message
+from ..wire.frames import DEFAULT_SOCKET, decode_message
+from ..wire.peer import peer_allowed
 
 #: Seconds to wait for a reply. Generous: a cold request on a laptop CPU takes seconds.
 DEFAULT_TIMEOUT = 300.0
 #: Largest reply frame the client accepts (an 8K mask is ~45 MB of base64).
 CLIENT_MAX_FRAME_BYTES = 1 << 30
-_RECV_CHUNK = 1 << 18
+#: Bytes asked of the socket per read.
+RECV_CHUNK = 1 << 18
 #: Pause between connection attempts while the daemon's accept queue is full, seconds.
 CONNECT_RETRY_S = 0.01
 
@@ -193,38 +196,47 @@ class ImageMemo:
     ``prepare`` keeps the PNG encoding of recent numpy arrays, keyed by their content
     hash; ``known`` holds imageIds the daemon has embedded. Both are LRU, at most
     ``entries`` long. The daemon may still have evicted an id: the clients then resend.
+    Safe to share between threads (a lock guards the tables; encoding runs outside it).
     """
 
     def __init__(self, entries: int = CLIENT_MEMO_ENTRIES) -> None:
         self.entries = entries
         self._arrays: OrderedDict[tuple, PreparedImage] = OrderedDict()
         self._known: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def prepare(self, image: str | os.PathLike | bytes | np.ndarray) -> PreparedImage:
         """:func:`prepare_image`, remembering arrays by shape, dtype and SHA-256 of their bytes."""
         if not isinstance(image, np.ndarray):
             return prepare_image(image)
         key = (image.shape, image.dtype.str, hashlib.sha256(np.ascontiguousarray(image)).digest())
-        if key not in self._arrays:
-            self._arrays[key] = prepare_image(image)
+        with self._lock:
+            prepared = self._arrays.get(key)
+        if prepared is None:
+            prepared = prepare_image(image)
+        with self._lock:
+            self._arrays[key] = prepared
+            self._arrays.move_to_end(key)
             self._trim(self._arrays)
-        self._arrays.move_to_end(key)
-        return self._arrays[key]
+        return prepared
 
     def known(self, image_id: str) -> bool:
         """True if the daemon has embedded ``image_id`` as far as this client knows."""
-        return image_id in self._known
+        with self._lock:
+            return image_id in self._known
 
     def remember(self, image_id: str | None) -> None:
         """Note that the daemon has embedded ``image_id``."""
         if image_id:
-            self._known[image_id] = None
-            self._known.move_to_end(image_id)
-            self._trim(self._known)
+            with self._lock:
+                self._known[image_id] = None
+                self._known.move_to_end(image_id)
+                self._trim(self._known)
 
     def forget(self, image_id: str) -> None:
         """Note that the daemon no longer has ``image_id``."""
-        self._known.pop(image_id, None)
+        with self._lock:
+            self._known.pop(image_id, None)
 
     def _trim(self, table: OrderedDict) -> None:
         while len(table) > self.entries:
@@ -256,241 +268,107 @@ def parse_segment_response(response: dict[str, Any]) -> SegmentResult:
                          float(response.get("inferenceTimeMs", 0.0)), rest)
 
 
-def _decode_reply(payload: bytes) -> dict[str, Any]:
+def decode_reply(payload: bytes) -> dict[str, Any]:
+    """The JSON object in one reply frame's payload.
+
+    Raises:
+        ClientError: the payload is not a UTF-8 JSON object.
+    """
     try:
         return decode_message(payload)
     except ServiceError as exc:
         raise ClientError(f"bad reply from daemon: {exc.message}") from None
 
 
-class Client:
-    """Blocking client; one connection, reused for every request until :meth:`close`.
+#: A request to send, and the reply it gets back: what the transports' drive loops carry.
+Steps = Generator[dict[str, Any], dict[str, Any], Any]
+
+
+def segment_steps(memo: ImageMemo, image: ImageRef | PreparedImage, *, reuse: bool = True,
+                  bbox: Sequence[float] | None = None, points: Iterable[PointInput] = (),
+                  request_id: str | None = None) -> Steps:
+    """The segment exchange, as a generator: yields each request (a dict) and is sent its
+    reply; returns the :class:`SegmentResult`.
+
+    With ``reuse``, an image ``memo`` knows goes as its ``imageId`` first; an ``unknown_image``
+    reply makes it forget the id and yields the full image. An :class:`ImageRef` is always sent
+    by id (``unknown_image`` then raises). Raises what :func:`parse_segment_response` raises.
+    """
+    points = list(points)  # may be sent twice
+    kw: dict[str, Any] = dict(bbox=bbox, points=points, request_id=request_id)
+    if isinstance(image, ImageRef):
+        return parse_segment_response((yield build_segment_request(image, **kw)))
+    if reuse and memo.known(image.image_id):
+        reply = yield build_segment_request(image.ref, **kw)
+        if reply.get("code") != "unknown_image":
+            return parse_segment_response(reply)
+        memo.forget(image.image_id)
+    result = parse_segment_response((yield build_segment_request(image, **kw)))
+    memo.remember(result.image_id)
+    return result
+
+
+def embed_steps(memo: ImageMemo, image: PreparedImage, request_id: str | None = None) -> Steps:
+    """The embed exchange (one request); returns the :class:`ImageRef`, remembered in ``memo``.
+
+    Raises:
+        RequestFailed: an error reply.
+    """
+    reply = check_response((yield build_embed_request(image, request_id)))
+    memo.remember(reply["imageId"])
+    return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
+
+
+def release_steps(memo: ImageMemo, image: ImageRef | str) -> Steps:
+    """The release exchange (one request); returns True if the daemon had the embedding.
+
+    Raises:
+        RequestFailed: an error reply.
+    """
+    iid = image.image_id if isinstance(image, ImageRef) else image
+    memo.forget(iid)
+    return bool(check_response((yield {"op": "release", "imageId": iid}))["released"])
+
+
+def check_server_uid(uid: int | None, socket_path: str, own_uid: int | None = None) -> None:
+    """Refuse a server run by another user, before anything is sent to it.
 
     Args:
-        socket_path: the daemon's socket (default :func:`default_socket_path`).
-        timeout: seconds to wait for connecting and for each reply.
+        uid: the server's uid (:func:`sam2_service.wire.peer.peer_uid`), None where unknown.
+        socket_path: the socket connected to, for the message.
+        own_uid: this process's effective uid (default ``os.geteuid()``).
+
+    Raises:
+        RequestFailed: code ``untrusted_server``: ``uid`` is neither ``own_uid`` nor root.
     """
-
-    def __init__(self, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket_path = socket_path or default_socket_path()
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
-        self.memo = ImageMemo()
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            deadline = time.monotonic() + self.timeout
-            while True:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self.timeout)
-                try:
-                    sock.connect(self.socket_path)
-                    break
-                except BlockingIOError:  # EAGAIN: the daemon's accept queue is full; retry
-                    sock.close()
-                    if time.monotonic() > deadline:
-                        raise ClientError(f"cannot connect to {self.socket_path}: its accept "
-                                          f"queue stayed full for {self.timeout} s") from None
-                    time.sleep(CONNECT_RETRY_S)
-                except OSError as exc:
-                    sock.close()
-                    raise ClientError(f"cannot connect to {self.socket_path}: "
-                                      f"{exc.strerror or exc} (is the daemon running? start it "
-                                      "with `make run`)") from None
-            self._sock = sock
-        return self._sock
-
-    def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one request object and return the reply object (error replies included)."""
-        sock = self._connect()
-        try:
-            sock.sendall(encode_message(message))
-            while (payload := self._decoder.next_frame()) is None:
-                data = sock.recv(_RECV_CHUNK)
-                if not data:
-                    raise ClientError("daemon closed the connection before replying")
-                self._decoder.feed(data)
-        except (OSError, ServiceError) as exc:
-            self.close()
-            if isinstance(exc, socket.timeout):
-                raise ClientError(f"no reply within {self.timeout} s") from None
-            raise ClientError(f"connection to daemon failed: {exc}") from None
-        except ClientError:
-            self.close()
-            raise
-        return _decode_reply(payload)
-
-    def ping(self) -> dict[str, Any]:
-        """``{"op": "ping"}``; raises :class:`RequestFailed` on an error reply."""
-        return check_response(self.request({"op": "ping"}))
-
-    def info(self) -> dict[str, Any]:
-        """``{"op": "info"}``: model, checkpoint, weights, device, dtype, versions."""
-        return check_response(self.request({"op": "info"}))
-
-    def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
-                points: Iterable[PointInput] = (), request_id: str | None = None,
-                reuse: bool = True) -> SegmentResult:
-        """Segment ``image`` with a box and/or points (see :func:`build_segment_request`).
-
-        With ``reuse``, an image this client has sent before goes as its ``imageId``; if
-        the daemon no longer has it (``unknown_image``) the image is resent at once. An
-        :class:`ImageRef` is always sent by id (``unknown_image`` then raises).
-
-        Raises:
-            RequestFailed: an error reply (``.code``, ``.message``, ``.request_id``).
-            ClientError: the daemon could not be reached or sent a bad reply.
-        """
-        kw = dict(bbox=bbox, points=points, request_id=request_id)
-        if isinstance(image, ImageRef):
-            return parse_segment_response(self.request(build_segment_request(image, **kw)))
-        prepared = self.memo.prepare(image)
-        if reuse and self.memo.known(prepared.image_id):
-            reply = self.request(build_segment_request(prepared.ref, **kw))
-            if reply.get("code") != "unknown_image":
-                return parse_segment_response(reply)
-            self.memo.forget(prepared.image_id)
-        result = parse_segment_response(self.request(build_segment_request(prepared, **kw)))
-        self.memo.remember(result.image_id)
-        return result
-
-    def embed(self, image: str | os.PathLike | bytes | np.ndarray,
-              request_id: str | None = None) -> ImageRef:
-        """``{"op": "embed"}``: have the daemon compute (or find) the image embedding now;
-        returns the :class:`ImageRef` to segment it by id."""
-        prepared = self.memo.prepare(image)
-        reply = check_response(self.request(build_embed_request(prepared, request_id)))
-        self.memo.remember(reply["imageId"])
-        return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
-
-    def release(self, image: ImageRef | str) -> bool:
-        """``{"op": "release"}``: drop the image's cached embedding; False if none was cached."""
-        iid = image.image_id if isinstance(image, ImageRef) else image
-        self.memo.forget(iid)
-        return bool(check_response(self.request({"op": "release", "imageId": iid}))["released"])
-
-    def close(self) -> None:
-        """Close the connection (a later request reconnects)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
+    own = os.geteuid() if own_uid is None else own_uid
+    if not peer_allowed(uid, own):
+        raise RequestFailed(
+            "untrusted_server",
+            f"the server at {socket_path} runs as uid {uid}, neither this user (uid {own}) nor "
+            "root; nothing was sent. Another user may have bound the socket first: stop that "
+            "process or remove the socket and start your daemon, or use a socket in a directory "
+            "only you can write (--socket or SAM2_SERVICE_SOCKET)", "")
 
 
-class AsyncClient:
-    """asyncio client with the same methods as :class:`Client`, as coroutines.
+def connect_failed(socket_path: str, exc: OSError) -> ClientError:
+    """The error for a connect that failed with ``exc`` (no daemon, no permission, ...)."""
+    return ClientError(f"cannot connect to {socket_path}: {exc.strerror or exc} (is the daemon "
+                       "running? start it with `make run`)")
 
-    Requests on one AsyncClient are serialised by a lock, so concurrent callers each get
-    their own reply.
-    """
 
-    def __init__(self, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket_path = socket_path or default_socket_path()
-        self.timeout = timeout
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
-        self._lock = asyncio.Lock()
-        self.memo = ImageMemo()
+def queue_stayed_full(socket_path: str, timeout: float) -> ClientError:
+    """The error for a connect that kept failing with EAGAIN (full accept queue) until timeout."""
+    return ClientError(f"cannot connect to {socket_path}: its accept queue stayed full for "
+                       f"{timeout} s")
 
-    async def __aenter__(self) -> "AsyncClient":
-        return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._streams is None:
-            try:
-                self._streams = await asyncio.wait_for(
-                    asyncio.open_unix_connection(self.socket_path, limit=_RECV_CHUNK), self.timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise ClientError(f"cannot connect to {self.socket_path}: {exc} "
-                                  "(is the daemon running? start it with `make run`)") from None
-        return self._streams
-
-    async def _exchange(self, message: dict[str, Any]) -> bytes:
-        reader, writer = await self._connect()
-        writer.write(encode_message(message))
-        await writer.drain()
-        while (payload := self._decoder.next_frame()) is None:
-            data = await reader.read(_RECV_CHUNK)
-            if not data:
-                raise ClientError("daemon closed the connection before replying")
-            self._decoder.feed(data)
-        return payload
-
-    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one request object and return the reply object (error replies included)."""
-        async with self._lock:
-            try:
-                payload = await asyncio.wait_for(self._exchange(message), self.timeout)
-            except asyncio.TimeoutError:
-                await self.close()
-                raise ClientError(f"no reply within {self.timeout} s") from None
-            except (OSError, ServiceError) as exc:
-                await self.close()
-                raise ClientError(f"connection to daemon failed: {exc}") from None
-            except ClientError:
-                await self.close()
-                raise
-        return _decode_reply(payload)
-
-    async def ping(self) -> dict[str, Any]:
-        """``{"op": "ping"}``."""
-        return check_response(await self.request({"op": "ping"}))
-
-    async def info(self) -> dict[str, Any]:
-        """``{"op": "info"}``."""
-        return check_response(await self.request({"op": "info"}))
-
-    async def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
-                      points: Iterable[PointInput] = (), request_id: str | None = None,
-                      reuse: bool = True) -> SegmentResult:
-        """:meth:`Client.segment` as a coroutine; PNG encoding and hashing run in a thread."""
-        kw = dict(bbox=bbox, points=points, request_id=request_id)
-        if isinstance(image, ImageRef):
-            return parse_segment_response(await self.request(build_segment_request(image, **kw)))
-        prepared = await asyncio.to_thread(self.memo.prepare, image)
-        if reuse and self.memo.known(prepared.image_id):
-            reply = await self.request(build_segment_request(prepared.ref, **kw))
-            if reply.get("code") != "unknown_image":
-                return parse_segment_response(reply)
-            self.memo.forget(prepared.image_id)
-        msg = await asyncio.to_thread(build_segment_request, prepared, **kw)
-        result = parse_segment_response(await self.request(msg))
-        self.memo.remember(result.image_id)
-        return result
-
-    async def embed(self, image: str | os.PathLike | bytes | np.ndarray,
-                    request_id: str | None = None) -> ImageRef:
-        """:meth:`Client.embed` as a coroutine."""
-        prepared = await asyncio.to_thread(self.memo.prepare, image)
-        reply = check_response(await self.request(build_embed_request(prepared, request_id)))
-        self.memo.remember(reply["imageId"])
-        return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
-
-    async def release(self, image: ImageRef | str) -> bool:
-        """:meth:`Client.release` as a coroutine."""
-        iid = image.image_id if isinstance(image, ImageRef) else image
-        self.memo.forget(iid)
-        reply = check_response(await self.request({"op": "release", "imageId": iid}))
-        return bool(reply["released"])
-
-    async def close(self) -> None:
-        """Close the connection (a later request reconnects)."""
-        if self._streams is not None:
-            _, writer = self._streams
-            self._streams = None
-            self._decoder = FrameDecoder(CLIENT_MAX_FRAME_BYTES)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+def __getattr__(name: str) -> Any:
+    """``Client`` and ``AsyncClient`` used to live here: keep ``core.Client`` importable."""
+    if name == "Client":
+        from .sync import Client
+        return Client
+    if name == "AsyncClient":
+        from .aio import AsyncClient
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

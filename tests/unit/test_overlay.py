@@ -103,3 +103,23 @@ def test_write_overlay_saves_a_png(tmp_path, image, mask):
     out = write_overlay(src, mask, tmp_path / "out.png", bbox=(1, 1, 150, 110), points=[(70, 50)])
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (W, H)
+
+
+@pytest.mark.parametrize("top, left", [(30, 40), (0, 0)])
+def test_contour_is_edge_pixels_wide_also_on_the_image_border(top, left):
+    """A rectangle's contour is the ring ``edge`` pixels wide inside it; where the rectangle
+    touches the image border that border counts as background."""
+    m = np.zeros((H, W), bool)
+    m[top:80, left:100] = True
+    ring = m.copy()
+    ring[top + 3:77, left + 3:97] = False
+    np.testing.assert_array_equal(overlay._inner_edge(m, 3), ring)
+    assert not overlay._inner_edge(np.zeros((H, W), bool), 3).any()
+
+
+def test_blend_is_the_rounded_mix_for_every_value():
+    """Every uint8 value in every channel blends to round((1 - alpha) * v + alpha * colour)."""
+    rgb = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3)
+    out = overlay.blend_mask(rgb, np.ones((1, 256), bool), edge=0)
+    expected = np.rint((1 - MASK_ALPHA) * rgb.astype(float) + MASK_ALPHA * np.array(MASK_COLOR))
+    np.testing.assert_allclose(out, expected, atol=1)
