@@ -5,11 +5,13 @@ the shutdown timeout gets an answer; failed 60 MB requests do not pile up in mem
 from __future__ import annotations
 
 import base64
+import shutil
 import signal
 import socket
 import struct
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import orjson
@@ -56,8 +58,10 @@ def wait_logged(d: Daemon, text: str, times: int = 1, timeout: float = 60) -> No
 
 
 @pytest.fixture
-def sock_dir() -> Path:
-    return Path(short_tmp_socket_dir())
+def sock_dir() -> Iterator[Path]:
+    path = Path(short_tmp_socket_dir())
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("shutdown_timeout", ["30", "0.5"], ids=["waits-for-job", "leaves-job"])
