@@ -95,7 +95,8 @@ class ServiceConfig:
     log_max_bytes: int = _setting(10 * 2**20, "--log-max-mb", "SAM2_SERVICE_LOG_MAX_MB",
                                   "rotate the log file at this size (MB)", type=int, scale=2**20)
     log_backup_count: int = _setting(3, "--log-backups", "SAM2_SERVICE_LOG_BACKUPS",
-                                     "rotated log files kept", type=int)
+                                     "rotated log files kept (0: keep none; the log is "
+                                     "emptied when it reaches --log-max-mb)", type=int)
     max_frame_bytes: int = _setting(64 * 2**20, "--max-frame-mb", "SAM2_SERVICE_MAX_FRAME_MB",
                                     "largest frame accepted, checked from the length prefix (MB)",
                                     type=int, scale=2**20)
@@ -136,6 +137,8 @@ class ServiceConfig:
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:
             raise ValueError(f"max_image_pixels can be at most {PILLOW_BOMB_PIXELS} (Pillow's "
                              "decompression-bomb limit, which the daemon never lifts)")
+        if self.log_backup_count < 0:
+            raise ValueError("log_backup_count must be 0 (keep no old log) or positive")
         if self.cache_bytes < 0:
             raise ValueError("cache_bytes must be 0 (off) or positive")
 

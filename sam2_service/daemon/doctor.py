@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import ServiceConfig
-from .sockets import max_socket_path_bytes
+from .sockets import describe_uid, listener_uid, max_socket_path_bytes
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 #: Oldest Python the package supports (pyproject ``requires-python``).
@@ -262,26 +262,55 @@ def _ping(path: str, timeout: float) -> dict[str, Any] | str:
     return reply
 
 
-def _probe_socket(path: str, timeout: float) -> Check:
-    """Classify an existing socket file: live daemon, stale, or someone else's listener."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
+def _probe_socket(path: str, st: os.stat_result, timeout: float) -> Check:
+    """Classify an existing socket file: our daemon, stale, or another user's (named by
+    the listener's uid, or the file's owner when we may not connect)."""
+    me = os.geteuid()
     try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return Check("socket", WARN, f"{path}: stale socket (nobody listening); serve replaces it",
-                     "nothing to do (left by a daemon that did not shut down cleanly)")
+        state, uid = listener_uid(path, timeout)
     except OSError as exc:
         return Check("socket", FAIL, f"{path}: cannot connect: {exc.strerror or exc}",
-                     "another user's daemon? choose another --socket")
-    finally:
-        probe.close()
+                     "choose another --socket")
+    owner = uid if uid is not None else st.st_uid
+    if owner != me or state == "denied":
+        what = {"live": "listened on by", "denied": "a socket we may not connect to, owned by",
+                "stale": "a stale socket owned by"}[state]
+        return Check("socket", FAIL, f"{path}: {what} another user, {describe_uid(owner)}",
+                     "serve refuses it and never removes it: choose a private --socket "
+                     "(e.g. in $XDG_RUNTIME_DIR)")
+    if state == "stale":
+        return Check("socket", WARN, f"{path}: stale socket (nobody listening); serve replaces it",
+                     "nothing to do (left by a daemon that did not shut down cleanly)")
     reply = _ping(path, timeout)
     if isinstance(reply, dict):
-        return Check("socket", OK, f"{path}: already running: a daemon answers (model "
-                     f"{reply.get('model')}, device {reply.get('device')}, pid {reply.get('pid')})")
-    return Check("socket", FAIL, f"{path}: something listens there but does not answer a "
-                 f"sam2-service ping ({reply})", "stop that program or choose another --socket")
+        return Check("socket", OK, f"{path}: already running: a daemon of {describe_uid(owner)} "
+                     f"answers (model {reply.get('model')}, device {reply.get('device')}, "
+                     f"pid {reply.get('pid')})")
+    return Check("socket", FAIL, f"{path}: a listener of {describe_uid(owner)} does not answer "
+                 f"a sam2-service ping ({reply})", "stop that program or choose another --socket")
+
+
+def check_socket_folder(path: str) -> Check:
+    """Who else may create files in the socket's folder. Writable by others without the
+    sticky bit: FAIL-worthy in spirit but not stopping ``serve``, so ``warn`` (anyone may
+    delete or replace the socket). Shared and sticky (as /tmp): ``ok`` with a note, since
+    another user may still take the path before the daemon starts."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        return Check("socket-folder", WARN, f"{parent}: {exc.strerror or exc}",
+                     "create it or choose another --socket")
+    others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if others and not st.st_mode & stat.S_ISVTX:
+        return Check("socket-folder", WARN, f"{parent}: writable by other users and not sticky "
+                     f"(mode {stat.S_IMODE(st.st_mode):o}): anyone may remove or replace the socket",
+                     "use a private folder (e.g. $XDG_RUNTIME_DIR), or chmod +t / go-w it")
+    if others:
+        return Check("socket-folder", OK, f"{parent}: shared with other users (sticky, mode "
+                     f"{stat.S_IMODE(st.st_mode):o}); another user may take the path first, "
+                     "a private folder is safer on a shared machine")
+    return Check("socket-folder", OK, f"{parent}: private to {describe_uid(st.st_uid)}")
 
 
 def check_socket(path: str, timeout: float = PING_TIMEOUT_S) -> Check:
@@ -304,7 +333,7 @@ def check_socket(path: str, timeout: float = PING_TIMEOUT_S) -> Check:
                          "choose another --socket")
         return Check("socket", OK, f"{path}: free")
     if stat.S_ISSOCK(st.st_mode):
-        return _probe_socket(path, timeout)
+        return _probe_socket(path, st, timeout)
     kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode)
             else "regular file" if stat.S_ISREG(st.st_mode) else "not a socket")
     return Check("socket", FAIL, f"{path}: exists and is a {kind}, not a socket",
@@ -337,7 +366,8 @@ def checks_for(config: ServiceConfig) -> list[Callable[[], Check]]:
     """The checks for ``config``, in the order they are printed."""
     return [check_python, check_torch, check_sam2, check_cuda, check_mps,
             lambda: check_device(config), lambda: check_checkpoint(config),
-            lambda: check_socket(config.socket_path), lambda: check_log(config.log_path)]
+            lambda: check_socket(config.socket_path),
+            lambda: check_socket_folder(config.socket_path), lambda: check_log(config.log_path)]
 
 
 def run_checks(config: ServiceConfig) -> list[Check]:

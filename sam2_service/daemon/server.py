@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -409,10 +410,28 @@ def _loads_or_none(payload: bytes) -> Any:
 
 
 def run(config: ServiceConfig) -> int:
-    """Serve until stopped; returns the process exit code (0 clean, 1 startup failure)."""
+    """Serve until stopped; returns the process exit code (0 clean, 1 startup failure).
+
+    After the loop ends, waits for a job still running on the inference thread (one whose
+    client hung up, or that outlived the shutdown timeout) for what is left of
+    ``shutdown_timeout``. If it still runs, the logs are flushed and the process leaves
+    with ``os._exit``: finalising the interpreter while that thread is inside torch aborts
+    it (SIGABRT, exit 134) instead of the documented exit code.
+    """
+    server = Server(config)
+    code = 0
     try:
-        asyncio.run(Server(config).serve())
+        asyncio.run(server.serve())
     except StartupError as exc:
         event(log, str(exc), logging.ERROR)
-        return 1
-    return 0
+        code = 1
+    worker = server.worker
+    if worker is not None and not worker.close(worker.shutdown_time_left(config.shutdown_timeout)):
+        event(log, "Inference still running at exit; leaving without waiting for it",
+              logging.WARNING, shutdownTimeout=config.shutdown_timeout)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    return code

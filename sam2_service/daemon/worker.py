@@ -22,7 +22,14 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from ..wire.codecs import compute_image_id, decode_base64, encode_mask
-from ..wire.errors import Busy, OutOfMemory, RequestTimeout, ShuttingDown, UnknownImage
+from ..wire.errors import (
+    Busy,
+    OutOfMemory,
+    RequestTimeout,
+    ServiceError,
+    ShuttingDown,
+    UnknownImage,
+)
 from ..wire.schema import EmbedRequest, SegmentRequest
 from .cache import CacheStats, EmbeddingCache
 from .engine import Embedding, Sam2Engine
@@ -80,6 +87,8 @@ class _Job:
     state: str = "waiting"  # -> running | dropped
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
+    #: The failure's traceback as raised on the inference thread (not the loop's frames).
+    thread_tb: Any = None
 
 
 def _ms(since: float) -> float:
@@ -113,6 +122,9 @@ class InferenceWorker:
         self._queue: deque[_Job] = deque()
         self._waiting = 0
         self._closed = False
+        self._running: _Job | None = None
+        #: ``time.monotonic()`` at which the queue was closed (shutdown began); None before.
+        self.closed_at: float | None = None
         #: ``time.monotonic()`` at which the running job started; None when idle (watchdog).
         self.running_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="sam2-inference", daemon=True)
@@ -131,6 +143,7 @@ class InferenceWorker:
                     continue
                 job.state = "running"
                 self._waiting -= 1
+                self._running = job
             job.started = time.perf_counter()
             self.running_since = time.monotonic()
             try:
@@ -139,9 +152,16 @@ class InferenceWorker:
                                          "for the model")
                 outcome: tuple[bool, Any] = (True, job.fn())
             except BaseException as exc:  # handed to the awaiting coroutine
+                job.thread_tb = exc.__traceback__
                 outcome = (False, exc)
+            with self._cond:
+                self._running = None
             self.running_since = None
-            job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+            except RuntimeError:  # the loop has closed (shutdown): nobody waits any more
+                pass
+            del job, outcome  # hold no request (its image) until the next job comes
 
     # -- the event loop's side ---------------------------------------------------------------
     @property
@@ -178,6 +198,7 @@ class InferenceWorker:
             self._queue.append(job)
             self._waiting += 1
             self._cond.notify()
+        del fn, args  # the job holds them; the frame must not (see below)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
@@ -187,6 +208,17 @@ class InferenceWorker:
         except asyncio.CancelledError:
             self._drop(job)
             raise
+        except BaseException as exc:
+            # As raised here, the traceback runs through asyncio's frames, which hold the
+            # futures, which hold this exception: a reference cycle that kept each failed
+            # request (a 60 MB image) alive until a garbage collection. Re-raise with no
+            # traceback for an expected failure, the inference thread's for a bug; and
+            # drop ``job`` from this frame, which the new traceback includes.
+            tb = None if isinstance(exc, ServiceError) else job.thread_tb
+            raise exc.with_traceback(tb)  # noqa: B904 (the same exception, re-raised)
+        finally:
+            job.fn = job.thread_tb = None  # type: ignore[assignment]
+            del job
 
     def _drop(self, job: _Job) -> None:
         with self._cond:
@@ -200,6 +232,8 @@ class InferenceWorker:
         one goes on. Returns how many jobs were failed."""
         with self._cond:
             self._closed = True
+            if self.closed_at is None:
+                self.closed_at = time.monotonic()
             jobs = [j for j in self._queue if j.state == "waiting"]
             for job in jobs:
                 job.state = "dropped"
@@ -211,10 +245,36 @@ class InferenceWorker:
                                                      "request was not run")))
         return len(jobs)
 
-    def close(self) -> None:
-        """Stop the thread after the running job (not waited for: the thread is a daemon
-        thread, so a hung inference cannot hold the process past its shutdown timeout)."""
-        self.fail_waiting()
+    def fail_running(self, reason: str) -> bool:
+        """Answer the running job's caller now with :class:`ShuttingDown` (``reason``); the
+        job itself goes on to its end on the inference thread, its result discarded. For a
+        shutdown whose timeout has passed, so that the client gets a reply, not a bare EOF.
+        Returns False when no job runs."""
+        with self._cond:
+            job = self._running
+        if job is None:
+            return False
+        job.loop.call_soon_threadsafe(_settle, job.future, (False, ShuttingDown(reason)))
+        return True
+
+    def close(self, timeout: float = 0.0) -> bool:
+        """Close the queue (:meth:`fail_waiting`) and wait up to ``timeout`` seconds for the
+        running job, if any, to end and the thread to exit. Returns True when the thread has
+        exited. The thread is a daemon thread, so a hung inference cannot hold the process;
+        but an interpreter that finalises while it is inside torch aborts (SIGABRT,
+        "terminate called without an active exception"), so when this returns False the
+        caller must leave with ``os._exit`` (:func:`sam2_service.daemon.server.run`)."""
+        if not self._closed:
+            self.fail_waiting()
+        self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
+
+    def shutdown_time_left(self, shutdown_timeout: float) -> float:
+        """Seconds left of ``shutdown_timeout`` counted from when the queue was closed
+        (the start of the shutdown); the whole timeout if it has not been closed."""
+        if self.closed_at is None:
+            return shutdown_timeout
+        return max(0.0, self.closed_at + shutdown_timeout - time.monotonic())
 
     # -- jobs ---------------------------------------------------------------------------------
     async def segment(self, request: SegmentRequest, deadline: float | None = None) -> SegmentOutcome:

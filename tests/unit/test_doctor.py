@@ -18,6 +18,8 @@ from sam2_service.daemon.config import ServiceConfig
 from sam2_service.daemon.doctor import FAIL, OK, WARN, Check
 from sam2_service.wire.frames import FrameDecoder, decode_message, encode_message
 
+from ..squatter import nobody_uid, require_root_and_setpriv, squatter
+
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
@@ -245,6 +247,41 @@ def test_live_daemon_is_ok_already_running(short_dir):
     assert c.status == OK and "already running" in c.detail and "pid 4242" in c.detail
 
 
+def test_listener_of_another_user_is_named(short_dir):
+    """A squatter (``nobody``) on the path: FAIL naming its uid, not "does not answer"."""
+    require_root_and_setpriv()
+    os.chmod(short_dir, 0o1777)
+    path = f"{short_dir}/s.sock"
+    with squatter(path):
+        c = doctor.check_socket(path, timeout=0.5)
+    assert c.failed and f"another user, uid {nobody_uid()}" in c.detail, c
+    assert "private --socket" in c.fix
+
+
+def test_stale_socket_of_another_user_is_not_ours_to_replace(short_dir):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the socket file to another user")
+    path = f"{short_dir}/s.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    os.chown(path, nobody_uid(), -1)
+    c = doctor.check_socket(path)
+    assert c.failed and "stale socket owned by another user" in c.detail, c
+
+
+@pytest.mark.parametrize("mode,status,words", [
+    (0o700, OK, "private"),
+    (0o1777, OK, "sticky"),
+    (0o777, WARN, "not sticky"),
+    (0o770, WARN, "not sticky"),
+])
+def test_socket_folder_modes(short_dir, mode, status, words):
+    os.chmod(short_dir, mode)
+    c = doctor.check_socket_folder(f"{short_dir}/s.sock")
+    assert c.status == status and words in c.detail, c
+
+
 # -- log -------------------------------------------------------------------------------------
 def test_log_paths(tmp_path):
     assert doctor.check_log(tmp_path / "a" / "b" / "log.txt").detail.endswith("will be created")
@@ -289,9 +326,9 @@ def _doctor_args(short_dir, checkpoint, *extra):
 def test_cli_exit_code_zero_when_serve_could_start(short_dir, good_checkpoint, capsys):
     assert cli.main(_doctor_args(short_dir, good_checkpoint)) == 0
     out = capsys.readouterr().out
-    names = [line.split()[1] for line in out.splitlines()[:9]]
+    names = [line.split()[1] for line in out.splitlines()[:10]]
     assert names == ["python", "torch", "sam2", "cuda", "mps", "device", "checkpoint", "socket",
-                     "log"]
+                     "socket-folder", "log"]
     assert "FAIL" not in out and "no problems stop `serve`" in out
 
 

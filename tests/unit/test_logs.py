@@ -129,3 +129,89 @@ def test_human_formatter_line():
     record.fields = {"a": 1, "b": "x"}
     text = logs.HumanFormatter().format(record)
     assert re.match(r"^\d\d:\d\d:\d\d WARNING hello a=1 b=x$", text), text
+
+
+def test_no_backups_keeps_the_file_under_the_size_limit(tmp_path, clean_logger):
+    """--log-backups 0: the standard handler never rolls over; ours empties the file."""
+    log_file = tmp_path / "n.log"
+    logger = setup_logging(log_file, max_bytes=500, backup_count=0, stderr=False)
+    for i in range(200):
+        event(logger, "Received request", requestId=f"r{i:04d}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.log"]
+    assert log_file.stat().st_size <= 500
+    assert read_lines(log_file)[-1]["requestId"] == "r0199"
+
+
+class _FailingStream:
+    """A stream whose writes raise OSError while ``failing`` is set."""
+
+    def __init__(self):
+        self.failing = True
+        self.lines = []
+
+    def write(self, text):
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+    def seek(self, *args):
+        return 0
+
+    def tell(self):
+        return 0
+
+
+def test_write_failure_reported_once_then_recovery_once(tmp_path, clean_logger, capsys):
+    logger = setup_logging(tmp_path / "a.log", stderr=False)
+    handler = logger.handlers[0]
+    stream = _FailingStream()
+    handler.setStream(stream)
+    for i in range(50):
+        event(logger, "Received request", requestId=f"r{i}")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert "cannot write the log" in err[0] and "No space left on device" in err[0]
+    stream.failing = False
+    event(logger, "Inference complete")
+    event(logger, "Inference complete")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "can be written again" in err[0], err
+    assert len(stream.lines) == 2
+    stream.failing = True
+    for _ in range(10):
+        event(logger, "Received request")
+    assert len(capsys.readouterr().err.splitlines()) == 1  # a new failure, reported anew
+
+
+@pytest.mark.skipif(not logs.Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_log_on_dev_full_prints_one_line(clean_logger, capsys):
+    logger = setup_logging(logs.Path("/dev/full"), stderr=False)
+    for i in range(100):
+        event(logger, "Received request", requestId=f"r{i}")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err[:5]
+    assert "/dev/full" in err[0]
+
+
+def test_failing_rollover_prints_one_line(tmp_path, clean_logger, capsys):
+    """Rollover renames files in the folder (as when the folder turned read-only, which root
+    would ignore): a directory where the backup goes makes every rollover fail. One line,
+    not a traceback per record."""
+    logger = setup_logging(tmp_path / "r.log", max_bytes=300, backup_count=2, stderr=False)
+    (tmp_path / "r.log.1").mkdir()
+    (tmp_path / "r.log.1" / "x").touch()
+    for i in range(100):
+        event(logger, "Received request", requestId=f"r{i:04d}")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err[:5]
+    assert "cannot write the log" in err[0]
+
+
+def test_negative_backups_refused():
+    from sam2_service.daemon.config import ServiceConfig
+
+    with pytest.raises(ValueError, match="log_backup_count"):
+        ServiceConfig(log_backup_count=-1)

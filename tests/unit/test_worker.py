@@ -328,3 +328,104 @@ def test_other_engine_errors_pass_through_unchanged():
 
     run(main())
     assert eng.freed == 0
+
+
+# --- failures free their request; shutdown with a job running ---------------------------------
+
+
+def test_failed_request_is_freed_without_a_garbage_collection():
+    """A failed job's exception must not sit in a reference cycle with its request (each
+    held a 60 MB image until a GC ran)."""
+    import gc
+    import weakref
+
+    eng = FakeEngine()
+
+    async def main():
+        w = make_worker(eng)
+        request = seg(base64.b64encode(b"not an image" * 1000).decode())
+        ref = weakref.ref(request)
+        try:
+            await w.segment(request)
+        except ImageDecodeError:
+            pass
+        del request
+        w.close(5)
+        return ref
+
+    gc.collect()
+    gc.disable()
+    try:
+        ref = run(main())
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()
+
+
+def test_unexpected_error_keeps_the_inference_threads_traceback():
+    import traceback
+
+    eng = FakeEngine()
+    eng.fail_with = RuntimeError("a bug")
+
+    async def main():
+        w = make_worker(eng)
+        try:
+            await w.segment(seg(png(70)))
+        except RuntimeError as exc:
+            return "".join(traceback.format_exception(exc))
+        finally:
+            w.close(5)
+
+    assert "in embed" in run(main())  # the fake engine's frame, from the inference thread
+
+
+def test_fail_running_answers_the_running_jobs_caller_at_once():
+    eng = FakeEngine()
+
+    async def main():
+        w = make_worker(eng)
+        running = await _blocked(eng, w)
+        w.fail_waiting()
+        assert w.fail_running("shutdown timeout passed")
+        with pytest.raises(ShuttingDown, match="shutdown timeout passed"):
+            await asyncio.wait_for(running, 5)
+        eng.gate.set()
+        assert w.close(5)
+        assert not w.fail_running("idle")
+
+    run(main())
+
+
+def test_close_waits_for_a_job_that_outlives_its_loop():
+    """A client hung up (its job cancelled) and the loop closed while the job runs: close()
+    reports the running thread, then its end; settling on the closed loop raises nothing."""
+    import threading
+
+    errors = []
+    hook, threading.excepthook = threading.excepthook, errors.append
+    eng = FakeEngine()
+
+    async def main():
+        w = make_worker(eng)
+        running = await _blocked(eng, w)
+        running.cancel()
+        return w
+
+    try:
+        w = run(main())
+        assert w.close(0.1) is False  # still inside the engine
+        eng.gate.set()
+        assert w.close(5) is True
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+
+
+def test_shutdown_time_left_counts_from_closing():
+    w = make_worker(FakeEngine())
+    assert w.shutdown_time_left(30) == 30
+    w.fail_waiting()
+    assert 29 < w.shutdown_time_left(30) <= 30
+    assert w.shutdown_time_left(0) == 0
+    w.close()

@@ -1,0 +1,67 @@
+"""A listener of another user (``nobody``) on a Unix socket path: the socket squatter of
+the security tests. Needs root (to drop to ``nobody`` with ``setpriv``); the squatter runs
+the system's ``python3`` (the project's interpreter may be in a folder ``nobody`` cannot
+read) with nothing but the standard library."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Iterator
+
+import pytest
+
+SQUAT = ("import socket, sys, time\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+         "s.bind(sys.argv[1]); s.listen(8)\n"
+         "if sys.argv[2] == 'stale': s.close(); sys.exit(0)\n"
+         "time.sleep(600)\n")
+
+
+def nobody_uid() -> int:
+    return pwd.getpwnam("nobody").pw_uid
+
+
+def require_root_and_setpriv() -> None:
+    """Skip the calling test unless it can run a process as ``nobody``."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the squatter as user nobody")
+    if not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs setpriv and /usr/bin/python3 to run the squatter")
+    try:
+        nobody_uid()
+    except KeyError:
+        pytest.skip("no user nobody")
+
+
+def shared_sticky_dir() -> str:
+    """A short world-writable folder with the sticky bit, like /tmp."""
+    path = tempfile.mkdtemp(prefix="s2q-", dir="/tmp")
+    os.chmod(path, 0o1777)
+    return path
+
+
+@contextlib.contextmanager
+def squatter(path: str, stale: bool = False) -> Iterator[subprocess.Popen]:
+    """``nobody`` listening on ``path`` (or, with ``stale``, leaving a socket file there)."""
+    proc = subprocess.Popen(["setpriv", "--reuid", "nobody", "--regid", "nogroup",
+                             "--clear-groups", "/usr/bin/python3", "-c", SQUAT, path,
+                             "stale" if stale else "live"])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert proc.poll() is None or stale, "the squatter exited"
+            assert time.monotonic() < deadline, "the squatter did not bind"
+            time.sleep(0.05)
+        if stale:
+            proc.wait(10)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
