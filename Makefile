@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check 'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
-	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,test]'
+	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,web,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
