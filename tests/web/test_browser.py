@@ -1,0 +1,132 @@
+"""The page in headless Chromium (Debian's ``chromium``, driven by Playwright through
+``executable_path``; no browser download): load /app, open an image, click at two display
+scales with devicePixelRatio 2, and check that each click reached the daemon as the right image
+pixel, that the overlay is drawn and the score shown. The screenshot is kept (under
+``$SAM2_WEB_ARTIFACTS`` when set, else the test's temp directory)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam2_service.client import Client
+from sam2_service.wire.codecs import encode_png
+
+from .conftest import Gateway
+
+pytestmark = pytest.mark.model
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+#: Pixels of the overlay canvas with anything drawn on them.
+PAINTED = """() => {
+    const c = document.getElementById('overlay');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+
+
+def chromium_path() -> str:
+    """Debian's chromium; installed with apt-get when missing and running as root, else skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the browser test needs Debian's chromium (apt-get install chromium) "
+                    "and installs it only when running as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):
+    """A fresh headless Chromium page (its own --user-data-dir), 1400x1000, devicePixelRatio 2."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    executable = chromium_path()
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=executable, args=CHROMIUM_FLAGS,
+            headless=True, viewport={"width": 1400, "height": 1000}, device_scale_factor=2)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def artifacts_dir(tmp_path: Path) -> Path:
+    path = Path(os.environ.get("SAM2_WEB_ARTIFACTS") or tmp_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def click_pixel(page, px: int, py: int, width: int, height: int, button: str = "left") -> None:
+    """Click the centre of image pixel (px, py) on the overlay as displayed now."""
+    box = page.locator("#overlay").bounding_box()
+    page.mouse.click(box["x"] + (px + 0.5) * box["width"] / width,
+                     box["y"] + (py + 0.5) * box["height"] / height, button=button)
+
+
+def test_page_click_to_segment_at_two_display_scales(browser_page, gateway: Gateway, daemon,
+                                                     tmp_path: Path) -> None:
+    from skimage import data
+
+    photo = data.coffee()  # 600x400
+    png = encode_png(photo)
+    image_file = tmp_path / "coffee.png"
+    image_file.write_bytes(png)
+    page, sent, received = browser_page, [], []
+    page.on("websocket", lambda ws: (ws.on("framesent", lambda f: sent.append(f)),
+                                     ws.on("framereceived", lambda f: received.append(f))))
+    page.goto(gateway.url + "/app")
+    page.wait_for_function("window.sam2 && window.sam2.sessionId !== null", timeout=30_000)
+    assert page.locator("#session").inner_text() == page.evaluate("window.sam2.sessionId")
+    page.set_input_files("#file", str(image_file))
+    page.wait_for_function("window.sam2.loaded", timeout=120_000)
+    assert page.locator("#size").inner_text() == "600 × 400"
+
+    page.select_option("#zoom", "2")  # 1200x800 CSS pixels, 2400x1600 device pixels
+    assert page.locator("#overlay").bounding_box()["width"] == 1200
+    click_pixel(page, 450, 300, 600, 400)
+    page.wait_for_function("window.sam2.lastResult && window.sam2.lastResult.num_points === 1",
+                           timeout=120_000)
+    page.select_option("#zoom", "0.5")  # 300x200 CSS pixels: one CSS pixel = 2 image pixels
+    assert page.locator("#overlay").bounding_box()["width"] == 300
+    click_pixel(page, 101, 351, 600, 400, button="right")
+    page.wait_for_function("window.sam2.lastResult && window.sam2.lastResult.num_points === 2",
+                           timeout=120_000)
+
+    clicks = [json.loads(t) for t in sent if '"click"' in t]
+    assert [(c["x"], c["y"], c["label"]) for c in clicks] == [(450, 300, 1), (101, 351, 0)]
+    results = [json.loads(t) for t in received if '"segmentation_result"' in t]
+    with Client(daemon.socket_path) as c:
+        expected = c.segment(png, points=[(450, 300, 1), (101, 351, 0)]).mask
+    with Image.open(io.BytesIO(base64.b64decode(results[-1]["mask"]))) as im:
+        np.testing.assert_array_equal(np.asarray(im), expected)  # what the daemon answers for them
+    assert page.locator("#points").inner_text() == "2"
+    assert page.locator("#score").inner_text() == f"{results[-1]['score']:.3f}"
+    assert page.locator("#latency").inner_text().endswith("ms)")
+
+    page.select_option("#zoom", "fit")
+    assert expected.any(), "these points were chosen for a non-empty mask with the test's weights"
+    with_mask = page.evaluate(PAINTED)
+    page.uncheck("#show-mask")
+    markers_only = page.evaluate(PAINTED)
+    page.check("#show-mask")
+    assert with_mask > markers_only > 0, (with_mask, markers_only)
+    shot = artifacts_dir(tmp_path) / "web-screenshot.png"
+    page.screenshot(path=str(shot), scale="css")
+    assert shot.stat().st_size > 10_000
