@@ -81,3 +81,16 @@ def test_flags_win_over_environment_over_defaults() -> None:
         config_from_args(parser.parse_args([]), {"SAM2_WEB_MAX_SESSIONS": "many"})
     with pytest.raises(ValueError, match="--max-sessions / SAM2_WEB_MAX_SESSIONS out of range: 0"):
         config_from_args(parser.parse_args(["--max-sessions", "0"]), {})
+
+
+def test_every_setting_is_in_the_docs_table() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    for f in dataclasses.fields(WebConfig):
+        flag, env = f.metadata["flag"], f.metadata["env"]
+        row = next((l for l in docs.splitlines() if l.startswith(f"| `{flag}` |")), None)
+        assert row is not None, f"{flag} missing from docs/web.md's settings table"
+        default = f.default // (2**20) if f.name == "max_message_bytes" else f.default
+        assert f"`{env}`" in row and f"`{default}`" in row, row
