@@ -34,7 +34,7 @@ TRY_AGAIN_LATER = 1013
 
 CONFIG = web.AppKey("config", WebConfig)
 USERS = web.AppKey("users", ImageUsers)
-SESSIONS = web.AppKey("sessions", dict)
+SESSIONS = web.AppKey("sessions", dict)  # session id -> its WebSocketResponse
 DAEMON = web.AppKey("daemon", AsyncClient)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -119,7 +119,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     async def send(message: dict[str, Any]) -> None:
         async with lock:
             if not ws.closed:
-                await ws.send_str(orjson.dumps(message).decode())
+                try:
+                    await ws.send_str(orjson.dumps(message).decode())
+                except ConnectionError:  # the client went away; the read loop ends the session
+                    pass
 
     if len(sessions) >= config.max_sessions:
         await send({"type": "error", "message": f"too many sessions ({config.max_sessions}, "
@@ -127,7 +130,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         await ws.close(code=TRY_AGAIN_LATER, message=b"too many sessions")
         return ws
     session = Session(config, request.app[USERS], send)
-    sessions[session.session_id] = session
+    sessions[session.session_id] = ws
     try:
         await session.start()
         await _read_loop(ws, session)
@@ -152,6 +155,12 @@ async def _read_loop(ws: web.WebSocketResponse, session: Session) -> None:
             return
 
 
+async def _close_sessions(app: web.Application) -> None:
+    """On shutdown: close every WebSocket (1001 going away); their handlers clean up."""
+    for ws in list(app[SESSIONS].values()):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+
 async def _close_daemon_client(app: web.Application) -> None:
     await app[DAEMON].close()
 
@@ -167,6 +176,7 @@ def create_app(config: WebConfig) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ws/realtime", realtime)
     app.router.add_static("/static", STATIC_DIR)
+    app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_daemon_client)
     return app
 

@@ -130,3 +130,39 @@ def test_page_click_to_segment_at_two_display_scales(browser_page, gateway: Gate
     shot = artifacts_dir(tmp_path) / "web-screenshot.png"
     page.screenshot(path=str(shot), scale="css")
     assert shot.stat().st_size > 10_000
+    reconnect_and_new_object(page, daemon.socket_path, png, expected, tmp_path)
+
+
+def reconnect_and_new_object(page, socket_path: str, png: bytes, first: np.ndarray,
+                             tmp_path: Path) -> None:
+    """The connection drops: the page reconnects, resends the image and its points and gets
+    the same mask. Then "New object" keeps that mask, a click starts object 2, and the
+    downloads give object 2's mask and a label image of both."""
+    old = page.evaluate("window.sam2.sessionId")
+    page.evaluate("window.sam2.lastResult = null; window.sam2.ws.close()")
+    page.wait_for_function(f"window.sam2.sessionId && window.sam2.sessionId !== '{old}' && "
+                           "window.sam2.lastResult && window.sam2.lastResult.num_points === 2",
+                           timeout=120_000)
+    assert page.locator("#session").inner_text() != old
+    page.click("#new-object")
+    assert page.evaluate("[window.sam2.objects.length, window.sam2.points.length]") == [1, 0]
+    click_pixel(page, 150, 100, 600, 400)
+    page.wait_for_function("window.sam2.lastResult && window.sam2.lastResult.num_points === 1",
+                           timeout=120_000)
+    with Client(socket_path) as c:
+        second = c.segment(png, points=[(150, 100, 1)]).mask
+    with page.expect_download() as download:
+        page.click("#download")
+    np.testing.assert_array_equal(_png_array(download.value.path()), second)
+    with page.expect_download() as download:
+        page.click("#download-labels")
+    labels = _png_array(download.value.path())
+    labels = labels[..., 0] if labels.ndim == 3 else labels
+    want = np.where(second > 0, 2, np.where(first > 0, 1, 0))
+    np.testing.assert_array_equal(labels, want)
+
+
+def _png_array(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im)
