@@ -94,3 +94,15 @@ def test_every_setting_is_in_the_docs_table() -> None:
         assert row is not None, f"{flag} missing from docs/web.md's settings table"
         default = f.default // (2**20) if f.name == "max_message_bytes" else f.default
         assert f"`{env}`" in row and f"`{default}`" in row, row
+
+
+def test_the_gateway_imports_no_torch() -> None:
+    """The gateway's environment needs no model stack: importing it leaves torch out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sam2_service.web.app, sam2_service.web.session\n"
+            "print(','.join(m for m in ('torch', 'torchvision', 'sam2', 'hydra') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
