@@ -32,6 +32,11 @@ else
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
 endif
 
+# the browser page and its gateway on top of a running daemon (`make run`): http://127.0.0.1:8000/app
+.PHONY: web
+web: install
+	$(VENV)/bin/sam2-service web --socket $(SOCKET)
+
 test: install lint
 	$(PY) -m pytest
 
