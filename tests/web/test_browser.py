@@ -1,7 +1,8 @@
 """The page in headless Chromium (Debian's ``chromium``, driven by Playwright through
 ``executable_path``; no browser download): load /app, open an image, click at two display
 scales with devicePixelRatio 2, and check that each click reached the daemon as the right image
-pixel, that the overlay is drawn and the score shown. The screenshot is kept (under
+pixel, that the overlay is drawn and the score shown; then reconnection, "new object", the
+mask and label downloads, and touch (tap, long press). The screenshot is kept (under
 ``$SAM2_WEB_ARTIFACTS`` when set, else the test's temp directory)."""
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def browser_page(tmp_path: Path):
     with sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=executable, args=CHROMIUM_FLAGS,
-            headless=True, viewport={"width": 1400, "height": 1000}, device_scale_factor=2)
+            headless=True, viewport={"width": 1400, "height": 1000}, device_scale_factor=2,
+            has_touch=True)
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:
@@ -160,6 +162,23 @@ def reconnect_and_new_object(page, socket_path: str, png: bytes, first: np.ndarr
     labels = labels[..., 0] if labels.ndim == 3 else labels
     want = np.where(second > 0, 2, np.where(first > 0, 1, 0))
     np.testing.assert_array_equal(labels, want)
+    touch(page)
+
+
+def touch(page) -> None:
+    """A tap adds a foreground point, a long press (0.8 s) a background point."""
+    page.click("#reset")
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / 600
+    page.touchscreen.tap(box["x"] + 200.5 * scale, box["y"] + 150.5 * scale)
+    cdp = page.context.new_cdp_session(page)
+    where = {"x": box["x"] + 250.5 * scale, "y": box["y"] + 150.5 * scale}
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [where]})
+    page.wait_for_timeout(800)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    page.wait_for_function("window.sam2.points.length === 2", timeout=10_000)
+    assert page.evaluate("window.sam2.points") == [{"x": 200, "y": 150, "label": 1},
+                                                   {"x": 250, "y": 150, "label": 0}]
 
 
 def _png_array(path) -> np.ndarray:
