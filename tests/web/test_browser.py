@@ -2,7 +2,8 @@
 ``executable_path``; no browser download): load /app, open an image, click at two display
 scales with devicePixelRatio 2, and check that each click reached the daemon as the right image
 pixel, that the overlay is drawn and the score shown; then reconnection, "new object", the
-mask and label downloads, and touch (tap, long press). The screenshot is kept (under
+mask and label downloads, touch (tap, long press), and a 1x1 image dropped on the page.
+The screenshot is kept (under
 ``$SAM2_WEB_ARTIFACTS`` when set, else the test's temp directory)."""
 
 from __future__ import annotations
@@ -163,6 +164,29 @@ def reconnect_and_new_object(page, socket_path: str, png: bytes, first: np.ndarr
     want = np.where(second > 0, 2, np.where(first > 0, 1, 0))
     np.testing.assert_array_equal(labels, want)
     touch(page)
+    drop_a_one_pixel_image(page)
+
+
+def drop_a_one_pixel_image(page) -> None:
+    """Clear the image, drop a 1x1 PNG on the page (drag and drop), click: pixel (0, 0)."""
+    page.click("#clear")
+    assert page.evaluate("window.sam2.image") is None
+    assert "empty" in page.get_attribute("#stage", "class")
+    one = base64.b64encode(encode_png(np.full((1, 1, 3), 90, np.uint8))).decode()
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'one.png', {type: 'image/png'}));
+        document.getElementById('stage').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", one)
+    page.wait_for_function("window.sam2.loaded && window.sam2.image.width === 1", timeout=120_000)
+    box = page.locator("#overlay").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("window.sam2.lastResult && window.sam2.lastResult.num_points === 1",
+                           timeout=120_000)
+    assert page.evaluate("window.sam2.points") == [{"x": 0, "y": 0, "label": 1}]
+    assert page.locator("#size").inner_text() == "1 × 1"
 
 
 def touch(page) -> None:
