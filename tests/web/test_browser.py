@@ -123,8 +123,14 @@ def test_page_click_to_segment_at_two_display_scales(browser_page, gateway: Gate
     assert page.locator("#score").inner_text() == f"{results[-1]['score']:.3f}"
     assert page.locator("#latency").inner_text().endswith("ms)")
 
+    overlay_drawn_and_screenshot_kept(page, expected, tmp_path)
+    reconnect_and_new_object(page, daemon.socket_path, png, expected, tmp_path)
+
+
+def overlay_drawn_and_screenshot_kept(page, mask: np.ndarray, tmp_path: Path) -> None:
+    """The mask is painted on the overlay (more than the markers alone); keep a screenshot."""
     page.select_option("#zoom", "fit")
-    assert expected.any(), "these points were chosen for a non-empty mask with the test's weights"
+    assert mask.any(), "these points were chosen for a non-empty mask with the test's weights"
     with_mask = page.evaluate(PAINTED)
     page.uncheck("#show-mask")
     markers_only = page.evaluate(PAINTED)
@@ -133,7 +139,6 @@ def test_page_click_to_segment_at_two_display_scales(browser_page, gateway: Gate
     shot = artifacts_dir(tmp_path) / "web-screenshot.png"
     page.screenshot(path=str(shot), scale="css")
     assert shot.stat().st_size > 10_000
-    reconnect_and_new_object(page, daemon.socket_path, png, expected, tmp_path)
 
 
 def reconnect_and_new_object(page, socket_path: str, png: bytes, first: np.ndarray,
