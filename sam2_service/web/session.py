@@ -117,7 +117,8 @@ class Session:
             await self.error(f"message is not valid JSON: {exc}")
             return True
         kind = msg.get("type") if isinstance(msg, dict) else None
-        handler = {"init": self._init, "click": self._click, "reset": self._reset}.get(kind)
+        handlers = {"init": self._init, "click": self._click, "reset": self._reset}
+        handler = handlers.get(kind) if isinstance(kind, str) else None
         if kind == "close":
             return False
         if handler is None:

@@ -102,6 +102,7 @@ def test_errors_are_answered_and_the_session_goes_on(gateway: Gateway) -> None:
         ("[1, 2]", "JSON object"),
         ({"type": "fly"}, "unknown message type 'fly'"),
         ({"x": 1}, "unknown message type None"),
+        ({"type": ["init"]}, "unknown message type ['init']"),
         ({"type": "click", "x": 0, "y": 0, "label": 1}, "no image loaded"),
         ({"type": "init"}, "init needs 'image'"),
         ({"type": "init", "image": "data:image/png;base64,@@@"}, "not valid base64"),
