@@ -226,6 +226,10 @@ class Session:
                 if self._current(generation, len(points)):
                     await self.error(f"segmentation failed: {daemon_error(exc)}")
                 continue
+            except Exception as exc:  # a bug here must not silently stop all later results
+                log.exception("session %s: segment failed", self.session_id)
+                await self.error(f"segmentation failed in the gateway: {exc!r}")
+                continue
             if self._current(generation, len(points)):  # else a newer click woke us again
                 await self._send_result(result, len(points))
 
