@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)' )'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
-	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,test]'
+	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,web,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +39,11 @@ else
 	  ./download_checkpoint.sh $(MODEL)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --checkpoint $(CHECKPOINT)
 endif
+
+# the browser page and its gateway on top of a running daemon (`make run`): http://127.0.0.1:8000/app
+.PHONY: web
+web: install
+	$(VENV)/bin/sam2-service web --socket $(SOCKET)
 
 test: install lint
 	$(PY) -m pytest

@@ -3,6 +3,7 @@
 Subcommands: ``serve`` (the daemon), and the smoke-test client commands ``ping``,
 ``info`` and ``segment`` (``--overlay`` draws the mask and prompts on the image), and
 ``doctor`` (checks the set-up ``serve`` would use; it takes the same flags), and
+``web`` (the browser gateway, :mod:`sam2_service.web`), and
 ``install-service`` / ``uninstall-service`` (systemd or launchd files running ``serve`` with
 the given flags; :mod:`sam2_service.daemon.service_files`). The ``serve``
 flags are generated from :class:`~sam2_service.daemon.config.ServiceConfig`'s fields, so flags,
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the set-up `serve` would use (takes its flags)")
     _serve_flags(doctor)
     _service_parsers(sub)
+    _web_parser(sub)
     return parser
 
 
@@ -140,6 +142,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """:func:`build_parser` on ``argv`` (default ``sys.argv[1:]``) after
     :func:`join_negative_values`. Exits with status 2 on bad arguments, as argparse does."""
     return build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+
+
+def _web_parser(sub: Any) -> None:
+    from .web.config import add_flags
+
+    add_flags(sub.add_parser("web", help="serve the click-to-segment browser page and its "
+                                        "WebSocket gateway on top of a running daemon (docs/web.md)"))
+
+
+def _web(ns: argparse.Namespace) -> int:
+    from .web.config import config_from_args as web_config
+
+    try:
+        config = web_config(ns)
+    except ValueError as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    try:
+        from .web.app import run
+    except ImportError as exc:
+        print(f"sam2-service web needs the [web] extra (pip install 'sam2-service[web]'): {exc}",
+              file=sys.stderr)
+        return 1
+    return run(config)
 
 
 def _service_parsers(sub: Any) -> None:
@@ -333,4 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install_service(ns)
     if ns.command == "uninstall-service":
         return _uninstall_service(ns)
+    if ns.command == "web":
+        return _web(ns)
     return _client_command(ns)

@@ -1,0 +1,240 @@
+"""One WebSocket session of the gateway: its image, its points, and the messages of the
+browser protocol (docs/web.md).
+
+A :class:`Session` reads the client's JSON messages one at a time (:meth:`Session.handle`) and
+answers through a send callback. Clicks are answered at once with ``point_added``; a worker task
+then asks the daemon for the mask of *all* the session's points. When clicks come faster than
+the model, a reply for points that are no longer all the points is dropped and the worker asks
+again, so the last click always gets its own result. :class:`ImageUsers` counts the sessions per
+image, so the daemon's cached embedding is released when the last one goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Awaitable, Callable
+
+import orjson
+import pybase64
+
+from ..client import AsyncClient, ClientError, RequestFailed, SegmentResult
+from ..wire.codecs import decode_base64, encode_png, image_size
+from ..wire.errors import ImageDecodeError, ImageTooLarge
+from .config import WebConfig
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ProtocolError(Exception):
+    """A client message the gateway cannot act on; its text goes back as an ``error`` message."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """The session's image: the file bytes (PNG or JPEG, as sent), size and ``imageId``."""
+
+    data: bytes
+    width: int
+    height: int
+    image_id: str
+
+
+class ImageUsers:
+    """How many sessions use each image; the daemon's embedding is released at zero."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self._count: Counter[str] = Counter()
+
+    def acquire(self, image_id: str) -> None:
+        """One more session uses ``image_id``."""
+        self._count[image_id] += 1
+
+    async def drop(self, image_id: str) -> None:
+        """One session fewer; the last one out releases the daemon's cached embedding."""
+        self._count[image_id] -= 1
+        if self._count[image_id] > 0:
+            return
+        del self._count[image_id]
+        try:
+            await self.client.release(image_id)
+        except ClientError as exc:  # the daemon is gone or restarted: nothing left to free
+            log.info("could not release %s: %s", image_id[:12], exc)
+
+    def users(self, image_id: str) -> int:
+        """Sessions using ``image_id`` now."""
+        return self._count.get(image_id, 0)
+
+
+def daemon_error(exc: ClientError) -> str:
+    """A message for the page about a failed daemon request."""
+    if isinstance(exc, RequestFailed):
+        if exc.code == "busy":
+            return "the daemon is busy (its queue is full); try again in a moment"
+        return f"the daemon refused the request ({exc.code}): {exc.message}"
+    return f"cannot reach the daemon: {exc}"
+
+
+def _number(msg: dict[str, Any], key: str) -> float:
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"click needs a finite number '{key}' (image pixels), got {value!r}")
+    return value
+
+
+class Session:
+    """One browser session. Call :meth:`start`, feed text messages to :meth:`handle`
+    (False means the client asked to close), and :meth:`close` at the end."""
+
+    def __init__(self, config: WebConfig, users: ImageUsers, send: Send) -> None:
+        self.session_id = str(uuid.uuid4())
+        self.config, self.users, self._send = config, users, send
+        self.client = AsyncClient(config.socket_path, timeout=config.timeout)
+        self.image: LoadedImage | None = None
+        self.points: list[tuple[float, float, int]] = []
+        self.generation = 0  # bumped by init and reset: results for older points are dropped
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Send ``session_created`` and start the segmentation worker."""
+        self._worker = asyncio.create_task(self._segment_loop())
+        await self._send({"type": "session_created", "session_id": self.session_id})
+
+    async def handle(self, text: str) -> bool:
+        """Act on one client message; errors are answered, never raised. False: close."""
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            await self.error(f"message is not valid JSON: {exc}")
+            return True
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        handlers = {"init": self._init, "click": self._click, "reset": self._reset}
+        handler = handlers.get(kind) if isinstance(kind, str) else None
+        if kind == "close":
+            return False
+        if handler is None:
+            await self.error(f"unknown message type {kind!r}; expected init, click, reset or close"
+                             if isinstance(msg, dict) else "message must be a JSON object")
+            return True
+        try:
+            await handler(msg)
+        except ProtocolError as exc:
+            await self.error(str(exc))
+        return True
+
+    async def error(self, message: str) -> None:
+        """Send an ``error`` message; the session goes on."""
+        await self._send({"type": "error", "message": message})
+
+    async def close(self) -> None:
+        """Stop the worker, close the daemon connection, give up the image."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        await self.client.close()
+        await self._set_image(None)
+
+    async def _set_image(self, image: LoadedImage | None) -> None:
+        old, self.image = self.image, image
+        if image is not None:
+            self.users.acquire(image.image_id)
+        if old is not None:
+            await self.users.drop(old.image_id)
+
+    def _decode_image(self, msg: dict[str, Any]) -> tuple[bytes, int, int]:
+        text = msg.get("image")
+        if not isinstance(text, str) or not text:
+            raise ProtocolError("init needs 'image': a data:image/png or data:image/jpeg base64 "
+                                "URL, or bare base64")
+        try:
+            data = decode_base64(text, field="image")
+            width, height = image_size(data)
+        except (ImageDecodeError, ImageTooLarge) as exc:
+            raise ProtocolError(f"cannot load the image: {exc.message}") from None
+        if width * height > self.config.max_image_pixels:
+            raise ProtocolError(f"image is {width}x{height} = {width * height} pixels; the limit is "
+                                f"{self.config.max_image_pixels} (--max-image-pixels)")
+        return data, width, height
+
+    async def _init(self, msg: dict[str, Any]) -> None:
+        self.points, self.generation = [], self.generation + 1
+        try:
+            data, width, height = self._decode_image(msg)
+        except ProtocolError:
+            await self._set_image(None)
+            raise
+        try:
+            ref = await self._retry(partial(self.client.embed, data))
+        except ClientError as exc:
+            await self._set_image(None)
+            raise ProtocolError(f"image not loaded: {daemon_error(exc)}") from None
+        await self._set_image(LoadedImage(data, width, height, ref.image_id))
+        await self._send({"type": "image_loaded", "width": width, "height": height,
+                          "image_id": ref.image_id})
+
+    async def _click(self, msg: dict[str, Any]) -> None:
+        if self.image is None:
+            raise ProtocolError("no image loaded: send {\"type\":\"init\",\"image\":...} first")
+        x, y = _number(msg, "x"), _number(msg, "y")
+        label = msg.get("label", 1)
+        if label not in (0, 1) or isinstance(label, (bool, float)):
+            raise ProtocolError(f"click 'label' must be 1 (foreground) or 0 (background), got {label!r}")
+        w, h = self.image.width, self.image.height
+        if not (0 <= x < w and 0 <= y < h):
+            raise ProtocolError(f"point ({x}, {y}) is outside the {w}x{h} image "
+                                f"(0 <= x < {w}, 0 <= y < {h})")
+        self.points.append((x, y, label))
+        await self._send({"type": "point_added", "x": x, "y": y, "label": label,
+                          "total_points": len(self.points)})
+        self._wake.set()
+
+    async def _reset(self, msg: dict[str, Any]) -> None:
+        self.points, self.generation = [], self.generation + 1
+        await self._send({"type": "points_cleared"})
+
+    async def _retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, once more if the connection failed (the daemon closes idle connections)."""
+        try:
+            return await call()
+        except RequestFailed:
+            raise
+        except ClientError:
+            return await call()
+
+    def _current(self, generation: int, count: int) -> bool:
+        return generation == self.generation and count == len(self.points)
+
+    async def _segment_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            image, points, generation = self.image, list(self.points), self.generation
+            if image is None or not points:
+                continue
+            try:
+                result = await self._retry(partial(self.client.segment, image.data, points=points))
+            except ClientError as exc:
+                if self._current(generation, len(points)):
+                    await self.error(f"segmentation failed: {daemon_error(exc)}")
+                continue
+            except Exception as exc:  # a bug here must not silently stop all later results
+                log.exception("session %s: segment failed", self.session_id)
+                await self.error(f"segmentation failed in the gateway: {exc!r}")
+                continue
+            if self._current(generation, len(points)):  # else a newer click woke us again
+                await self._send_result(result, len(points))
+
+    async def _send_result(self, result: SegmentResult, num_points: int) -> None:
+        png = await asyncio.to_thread(encode_png, result.mask)
+        await self._send({"type": "segmentation_result", "mask": pybase64.b64encode_as_string(png),
+                          "score": result.score, "num_points": num_points,
+                          "inference_time_ms": result.inference_time_ms})

@@ -1,0 +1,108 @@
+"""Session logic without a daemon: a busy or vanished daemon becomes an ``error`` message and
+the session goes on; settings come from flags, then environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import pytest
+
+from sam2_service.client import ClientError, ImageRef, RequestFailed
+from sam2_service.web.config import WebConfig, add_flags, config_from_args
+from sam2_service.web.session import ImageUsers, Session
+
+from .conftest import data_url, small_photo
+
+
+class FakeClient:
+    """Stands in for AsyncClient: ``embed`` fails with ``failure`` once, then succeeds."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure: Exception | None = failure
+        self.released: list[str] = []
+
+    async def embed(self, data: bytes) -> ImageRef:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+        return ImageRef("ab" * 32, 150, 100)
+
+    async def release(self, image_id: str) -> bool:
+        self.released.append(image_id)
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failure, words", [
+    (RequestFailed("busy", "queue full", "r1"), "the daemon is busy"),
+    (ClientError("cannot connect to /x.sock"), "cannot reach the daemon"),
+])
+def test_daemon_failure_is_an_error_message_and_the_session_goes_on(failure, words) -> None:
+    from sam2_service.wire.codecs import encode_png
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def go() -> FakeClient:
+        fake = FakeClient(failure)
+        session = Session(WebConfig(), ImageUsers(fake), send)
+        session.client = fake
+        init = '{"type":"init","image":"%s"}' % data_url(encode_png(small_photo()))
+        if isinstance(failure, RequestFailed):  # a refusal is not retried: one error, then a retry works
+            assert await session.handle(init)
+            assert await session.handle(init)
+        else:  # a connection failure is retried once at once
+            assert await session.handle(init)
+        await session.close()
+        return fake
+
+    fake = asyncio.run(go())
+    kinds = [m["type"] for m in sent]
+    if isinstance(failure, RequestFailed):
+        assert kinds == ["error", "image_loaded"] and words in sent[0]["message"]
+    else:
+        assert kinds == ["image_loaded"]
+    assert fake.released == ["ab" * 32]  # closing the last session using it releases it
+
+
+def test_flags_win_over_environment_over_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    env = {"SAM2_WEB_PORT": "9001", "SAM2_WEB_MAX_MESSAGE_MB": "2", "SAM2_WEB_HOST": "::1"}
+    config = config_from_args(parser.parse_args(["--port", "9002"]), env)
+    assert (config.port, config.max_message_bytes, config.host) == (9002, 2 << 20, "::1")
+    assert config_from_args(parser.parse_args([]), {}) == WebConfig()
+    with pytest.raises(ValueError, match="SAM2_WEB_MAX_SESSIONS='many'"):
+        config_from_args(parser.parse_args([]), {"SAM2_WEB_MAX_SESSIONS": "many"})
+    with pytest.raises(ValueError, match="--max-sessions / SAM2_WEB_MAX_SESSIONS out of range: 0"):
+        config_from_args(parser.parse_args(["--max-sessions", "0"]), {})
+
+
+def test_every_setting_is_in_the_docs_table() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    for f in dataclasses.fields(WebConfig):
+        flag, env = f.metadata["flag"], f.metadata["env"]
+        row = next((l for l in docs.splitlines() if l.startswith(f"| `{flag}` |")), None)
+        assert row is not None, f"{flag} missing from docs/web.md's settings table"
+        default = f.default // (2**20) if f.name == "max_message_bytes" else f.default
+        assert f"`{env}`" in row and f"`{default}`" in row, row
+
+
+def test_the_gateway_imports_no_torch() -> None:
+    """The gateway's environment needs no model stack: importing it leaves torch out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sam2_service.web.app, sam2_service.web.session\n"
+            "print(','.join(m for m in ('torch', 'torchvision', 'sam2', 'hydra') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
