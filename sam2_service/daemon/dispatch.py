@@ -1,0 +1,169 @@
+"""Answering one request, with no I/O: payload bytes in, reply object out.
+
+:class:`Dispatcher` is driven by one table, :attr:`Dispatcher.handlers`, from op name
+(:data:`sam2_service.wire.schema.OPS`) to handler. Adding an op is one schema entry
+(:func:`sam2_service.wire.schema.parse_request`), one entry here, one worker job and one
+client method. :meth:`Dispatcher.respond` never raises: it is the only place where
+exceptions become error responses (:class:`~sam2_service.wire.errors.ServiceError` ->
+its code with the request's ``requestId``; anything else -> ``internal``, logged with its
+traceback). The connection loop (:mod:`sam2_service.daemon.connection`) and the fuzz target
+(``fuzz/fuzz_pipeline.py``) both drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+from ..wire.codecs import encode_mask
+from ..wire.errors import ServiceError
+from ..wire.frames import decode_message
+from ..wire.schema import (
+    PROTOCOL_VERSION,
+    EmbedRequest,
+    ReleaseRequest,
+    Request,
+    SegmentRequest,
+    embed_response,
+    error_response,
+    new_request_id,
+    parse_request,
+    ping_response,
+    read_request_id,
+    release_response,
+    segment_response,
+)
+from .config import ServiceConfig
+from .engine import Engine
+from .logs import event
+from .worker import InferenceWorker
+
+log = logging.getLogger("sam2_service.server")
+
+DUMMY_WARNING = "DUMMY WEIGHTS: random-init model loaded with --dummy-weights; masks are meaningless"
+#: Masks of more pixels than this are base64-encoded on a thread, not on the event loop:
+#: :func:`encode_mask` of a 1920x1080 mask took 1.2 ms on the 2-core development machine.
+MASK_THREAD_PIXELS = 512 * 512
+
+Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
+
+
+class Dispatcher:
+    """Turns a frame's payload into its reply, using the worker for model work.
+
+    Args:
+        config: the daemon's settings (``max_points``, ``request_timeout`` and what
+            ``info`` reports).
+        worker: the inference worker, with its engine loaded.
+    """
+
+    def __init__(self, config: ServiceConfig, worker: InferenceWorker) -> None:
+        self.config = config
+        self.worker = worker
+        #: op name -> handler(request, arrived); the one routing table.
+        self.handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "info": self._info,
+            "segment": self._segment,
+            "embed": self._embed,
+            "release": self._release,
+        }
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's loaded engine."""
+        assert self.worker.engine is not None
+        return self.worker.engine
+
+    async def respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
+        """Answer one frame's payload; never raises (errors become error responses).
+
+        Args:
+            payload: the frame's bytes (UTF-8 JSON expected).
+            arrived: ``time.monotonic()`` at which the frame was complete; the request's
+                deadline is ``arrived + request_timeout``.
+
+        Returns:
+            The reply object, with the request's ``requestId`` (or a made-up one when the
+            request carries none that is readable).
+        """
+        request_id = None
+        try:
+            obj = decode_message(payload)
+            request_id = read_request_id(obj)
+            request = parse_request(obj, max_points=self.config.max_points)
+            return await self.handlers[obj.get("op", "segment")](request, arrived)
+        except ServiceError as exc:
+            return self.error(request_id or new_request_id(), exc)
+        except Exception as exc:  # a bug or a model failure: report it, keep serving
+            rid = request_id or new_request_id()
+            event(log, "Internal error", logging.ERROR, exc_info=True, requestId=rid,
+                  code="internal")
+            return error_response(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    def error(self, request_id: str, exc: ServiceError) -> dict[str, Any]:
+        """The error reply for ``exc`` (logged as a warning with its code and field)."""
+        event(log, "Request failed", logging.WARNING, requestId=request_id, code=exc.code,
+              error=exc.message, field=exc.field)
+        return error_response(request_id, exc.code, exc.message)
+
+    # -- handlers, one per op ---------------------------------------------------------------
+    async def _ping(self, request: Request, arrived: float) -> dict[str, Any]:
+        return ping_response(request.request_id)
+
+    async def _segment(self, request: SegmentRequest, arrived: float) -> dict[str, Any]:
+        event(log, "Received request", requestId=request.request_id,
+              hasBbox=request.bbox is not None, points=len(request.points),
+              imageChars=len(request.image_base64 or ""), imageId=request.image_id)
+        out = await self.worker.segment(request, arrived + self.config.request_timeout)
+        t0 = time.perf_counter()
+        if out.mask.size > MASK_THREAD_PIXELS:
+            mask_base64 = await asyncio.to_thread(encode_mask, out.mask)
+        else:
+            mask_base64 = encode_mask(out.mask)
+        timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
+        timings["total"] = (time.monotonic() - arrived) * 1000
+        event(log, "Inference complete", requestId=request.request_id,
+              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
+              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
+              width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
+        return segment_response(request.request_id, width=out.width, height=out.height,
+                                mask_base64=mask_base64, score=out.score,
+                                image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
+        out = await self.worker.embed(request, arrived + self.config.request_timeout)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
+        event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
+              cached=out.cached, width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
+        return embed_response(request.request_id, width=out.width, height=out.height,
+                              image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _release(self, request: ReleaseRequest, arrived: float) -> dict[str, Any]:
+        released = self.worker.release(request.image_id)
+        event(log, "Image released", requestId=request.request_id, imageId=request.image_id,
+              released=released)
+        return release_response(request.request_id, image_id=request.image_id, released=released)
+
+    async def _info(self, request: Request, arrived: float) -> dict[str, Any]:
+        cfg, stats, engine = self.config, self.worker.cache_stats(), self.engine
+        info: dict[str, Any] = {
+            "requestId": request.request_id, "ok": True, "protocol": PROTOCOL_VERSION,
+            **engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
+            "cache": {"capacityBytes": cfg.cache_bytes, "bytes": stats.bytes,
+                      "entries": stats.entries, "hits": stats.hits, "misses": stats.misses,
+                      "evictions": stats.evictions},
+            "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
+            "limits": {"maxFrameBytes": cfg.max_frame_bytes,
+                       "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
+                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
+        }
+        if engine.weights == "dummy":
+            info["warning"] = DUMMY_WARNING
+        return info
+
