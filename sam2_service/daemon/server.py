@@ -10,12 +10,14 @@ place where exceptions become error responses) -> :class:`~sam2_service.daemon.w
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from .config import ServiceConfig, StartupError
@@ -60,12 +62,36 @@ class Server:
         loop = asyncio.get_running_loop()
         installed = self._install_signal_handlers(loop)
         try:
-            await self.startup()
-            await self._stop.wait()
+            if await self._start_unless_stopped():
+                await self._stop.wait()
         finally:
             await self.shutdown()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+    async def _start_unless_stopped(self) -> bool:
+        """Run :meth:`startup`, abandoning it as soon as a stop is requested (SIGTERM or
+        Ctrl-C while the model loads or warms up): the socket is then never bound. A model
+        load or warm-up already running on the inference thread is left to finish there;
+        its result is dropped. Returns True if the server started."""
+        startup = asyncio.ensure_future(self.startup())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if startup.done():
+            startup.result()  # StartupError propagates
+            if self._server is not None:
+                return True
+        else:
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await startup
+        event(log, "Start-up abandoned: shutdown requested before listening")
+        if self.worker is not None and self.worker.running_since is not None:
+            atexit.register(_exit_if_inference_running, self.worker)
+        return False
 
     def stop(self) -> None:
         """Ask the server to shut down (safe to call from the loop's thread, any number of times)."""
@@ -106,6 +132,8 @@ class Server:
             warmup_ms = await self.worker.warmup()
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
         self.dispatcher = Dispatcher(cfg, self.worker)
+        if self._stop.is_set():  # never bind once a stop was requested
+            return
         sock = inherited or self._bind()
         path = sock.getsockname() or cfg.socket_path
         self._server = await asyncio.start_unix_server(  # asyncio listens again: pass ours
@@ -190,6 +218,20 @@ class Server:
             await conn.serve()
         finally:
             self._conns.pop(task, None)
+
+
+def _exit_if_inference_running(worker: InferenceWorker) -> None:
+    """At interpreter exit after an abandoned start-up: if the model load or warm-up is
+    still running on the inference thread, end the process now with status 0. Finalizing
+    the interpreter under a daemon thread that is inside torch's C++ code aborts the process
+    ("terminate called without an active exception", SIGABRT) when that thread next takes
+    the GIL."""
+    if worker.alive and worker.running_since is not None:
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
 
 
 def run(config: ServiceConfig) -> int:
