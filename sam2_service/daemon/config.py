@@ -121,6 +121,9 @@ class ServiceConfig:
     idle_timeout: float = _setting(60.0, "--idle-timeout", "SAM2_SERVICE_IDLE_TIMEOUT",
                                    "seconds a connection may sit idle, or inside a partial "
                                    "frame, before it is closed", type=float)
+    max_connections: int = _setting(256, "--max-connections", "SAM2_SERVICE_MAX_CONNECTIONS",
+                                    "most client connections open at once; one more is closed "
+                                    "at once", type=int)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -130,7 +133,8 @@ class ServiceConfig:
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
-                     "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout"):
+                     "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
+                     "max_connections"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:

@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 
+from .accept import accept_loop, raise_nofile_limit
 from .config import ServiceConfig, StartupError
 from .connection import READ_CHUNK, Connection
 from .dispatch import DUMMY_WARNING, Dispatcher
@@ -46,7 +47,8 @@ class Server:
         self.engine = engine
         self.worker: InferenceWorker | None = None
         self.dispatcher: Dispatcher | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None  # the listening socket, once listening
+        self._acceptor: asyncio.Task | None = None  # accept_loop on it
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
         self._watchdog: asyncio.Task | None = None
         self._conns: dict[asyncio.Task, Connection] = {}
@@ -82,7 +84,7 @@ class Server:
             stopped.cancel()
         if startup.done():
             startup.result()  # StartupError propagates
-            if self._server is not None:
+            if self.listening:
                 return True
         else:
             startup.cancel()
@@ -115,6 +117,7 @@ class Server:
         cfg = self.config
         event(log, "Starting sam2-service", **package_versions(), model=cfg.model,
               device=cfg.device, socket=cfg.socket_path, logFile=str(cfg.log_path))
+        raise_nofile_limit()
         inherited = inherited_listener(LAUNCHD_SOCKET_NAME)
         if inherited is None:
             check_socket_path(cfg.socket_path)
@@ -136,8 +139,10 @@ class Server:
             return
         sock = inherited or self._bind()
         path = sock.getsockname() or cfg.socket_path
-        self._server = await asyncio.start_unix_server(  # asyncio listens again: pass ours
-            self._handle_connection, sock=sock, limit=READ_CHUNK, backlog=LISTEN_BACKLOG)
+        sock.listen(LISTEN_BACKLOG)  # an inherited socket too: its manager's backlog may be less
+        self._listener = sock
+        self._acceptor = asyncio.ensure_future(
+            accept_loop(sock, self._serve_socket, cfg.max_connections))
         event(log, "Server listening", socket=path, pid=os.getpid(),
               activation="inherited" if inherited else "bound")
         notify(f"READY=1\nSTATUS=Listening on {path}")
@@ -171,9 +176,13 @@ class Server:
     async def shutdown(self) -> None:
         """Stop accepting; let requests being answered finish (up to ``shutdown_timeout``),
         close idle connections, stop the worker and remove the socket this server made."""
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
             notify("STOPPING=1")
+        if self._listener is not None:
+            self._listener.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._stop.set()
@@ -193,7 +202,7 @@ class Server:
         if self.worker is not None:
             self.worker.close()
         self._unlink_socket()
-        if self._server is not None:
+        if self._acceptor is not None:
             event(log, "Server stopped", socket=self.config.socket_path)
 
     def _unlink_socket(self) -> None:
@@ -206,7 +215,21 @@ class Server:
                 os.unlink(self.config.socket_path)
         self._socket_id = None
 
+    @property
+    def listening(self) -> bool:
+        """True once the socket is listening (start-up complete), until shutdown."""
+        return self._acceptor is not None and not self._acceptor.done()
+
     # -- connections ---------------------------------------------------------------------
+    async def _serve_socket(self, conn: socket.socket) -> None:
+        """Serve one accepted socket (see :func:`accept_loop`)."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=READ_CHUNK)
+        except OSError:
+            conn.close()
+            return
+        await self._handle_connection(reader, writer)
+
     async def _handle_connection(self, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
         """Serve one accepted connection (:class:`Connection`), tracked for shutdown."""
