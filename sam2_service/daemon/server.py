@@ -22,7 +22,7 @@ import time
 
 from .accept import accept_loop, raise_nofile_limit
 from .config import ServiceConfig, StartupError
-from .connection import READ_CHUNK, Connection
+from .connection import READ_CHUNK, Connection, ReadBudget
 from .dispatch import DUMMY_WARNING, Dispatcher
 from .engine import Engine, Sam2Engine, package_versions
 from .logs import event
@@ -52,6 +52,7 @@ class Server:
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
         self._watchdog: asyncio.Task | None = None
         self._conns: dict[asyncio.Task, Connection] = {}
+        self._budget = ReadBudget(config.max_buffered_bytes)
         self._stop = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -236,7 +237,7 @@ class Server:
         task = asyncio.current_task()
         assert task is not None and self.dispatcher is not None
         conn = self._conns[task] = Connection(reader, writer, self.config, self.dispatcher,
-                                              self._stop)
+                                              self._stop, self._budget)
         try:
             await conn.serve()
         finally:

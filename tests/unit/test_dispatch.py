@@ -164,3 +164,29 @@ def test_a_bug_in_a_handler_is_internal_with_the_request_id(monkeypatch):
     (reply,) = answer([{"op": "ping", "requestId": "z"}])
     assert reply["requestId"] == "z" and reply["code"] == "internal"
     assert "ZeroDivisionError: bug" in reply["error"]
+
+
+def test_large_frames_with_too_many_commas_are_refused_unparsed(monkeypatch):
+    parsed = []
+    real = dispatch_module.decode_message
+    monkeypatch.setattr(dispatch_module, "decode_message", lambda p: parsed.append(p) or real(p))
+    _, text = png(6)
+    points = [{"x": 1, "y": 1, "label": 1}] * 65  # 3 commas each: within 4 * 64 + 64
+    within = {"requestId": "w", "width": 8, "height": 6, "imageBase64": text, "points": points,
+              "bbox": {"x1": 0, "y1": 0, "x2": 8, "y2": 6}, "pad": "-" * 2000}
+    over = {**within, "requestId": "o", "points": [{"x": 1, "y": 1, "label": 1}] * 120}
+    small = {"requestId": "s", "width": 8, "height": 6, "imageBase64": text, "points": [1] * 400}
+    assert len(orjson.dumps(small)) < 2048 and orjson.dumps(small).count(b",") > 320
+    a, b, c = answer([within, over, small], json_thread_bytes=2048)
+    assert a["requestId"] == "w" and a["code"] == "invalid_request" and "65" in a["error"]
+    assert b["requestId"] == "o" and "commas" in b["error"] and "not parsed" in b["error"]
+    assert c["requestId"] == "s" and "commas" not in c["error"]  # small frames: parsed
+    assert len(parsed) == 2  # "within" and "small" only
+
+
+def test_peek_request_id():
+    peek = dispatch_module._peek_request_id
+    assert peek(b'{"points": [], "requestId" : "a\\"b"}') == 'a"b'
+    assert peek(b'{"requestId": 7}') is None
+    assert peek(b'{"requestId": ""}') is None
+    assert peek(b"no id") is None
