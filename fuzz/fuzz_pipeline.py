@@ -1,11 +1,13 @@
 """Fuzz target: the daemon's whole request path without I/O, driven by hypothesis.
 
-Bytes go through exactly what the server does with a connection's bytes, minus the
-socket and the model:
+Bytes go through what the server does with a connection's bytes, minus the socket and
+the model: the server's own :class:`~sam2_service.daemon.dispatch.Dispatcher` and
+:class:`~sam2_service.daemon.worker.InferenceWorker` answer every frame, with
+:class:`FuzzEngine` (no model; it checks what reaches it) in place of SAM2:
 
-    FrameDecoder.feed / next_frame -> decode_message -> parse_request
+    FrameDecoder.feed / next_frame -> Dispatcher.respond: decode_message -> parse_request
         -> (requests carrying an image) decode_base64 -> decode_image(max_image_pixels)
-        -> (segment requests) prompts.validate(request, image shape)
+        -> (segment requests) prompts.validate(request, image shape) -> engine
         -> the reply object, encoded as a frame
 
 Inputs are random bytes, and structured frames built from valid requests (with small valid
@@ -15,13 +17,15 @@ recomputed so that the mutation reaches the decoder), base64 text, request field
 text, length prefixes, and how the stream is cut into reads.
 
 Properties checked on every example:
-  * only :class:`~sam2_service.wire.errors.ServiceError` subclasses escape, each stage only its
-    documented ones, each with a documented code and a non-empty message;
+  * no exception but :class:`~sam2_service.wire.errors.ServiceError` reaches the dispatcher
+    (anything else is an ``internal`` reply, a failure here): every error reply has a
+    documented code, a non-empty message and the request's ``requestId``;
   * the frame decoder returns exactly the frames (or the ``frame_too_large`` point) of a
     reference parser, never a payload over the cap, and after draining never holds
     ``cap + 4`` bytes or more (plus at most one read while it fills);
-  * a decoded image is HxWx3 uint8, writable, with H*W <= max_image_pixels;
-  * validated prompts are finite, inside the image, with labels 0/1 and SAM2's mask policy;
+  * an image reaching the engine is HxWx3 uint8, writable, with H*W <= max_image_pixels;
+  * prompts reaching the engine are finite, inside the image, with labels 0/1 and SAM2's
+    mask policy;
   * every reply the server would send (success or error) encodes as a frame.
 
 Run: ``FUZZ_SECONDS=600 .venv/bin/python fuzz/fuzz_pipeline.py`` (``make fuzz``). It prints
@@ -31,9 +35,11 @@ and exits 1.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -48,19 +54,15 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sam2_service.daemon.imaging import decode_image
-from sam2_service.daemon.prompts import validate
-from sam2_service.wire.codecs import decode_base64
-from sam2_service.wire.errors import ERROR_CODES, ImageDecodeError, ImageTooLarge, InvalidRequest, ServiceError
+from sam2_service.daemon.config import ServiceConfig
+from sam2_service.daemon.dispatch import Dispatcher
+from sam2_service.daemon.engine import Embedding, MaskResult
+from sam2_service.daemon.prompts import Prompts
+from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.wire.errors import ERROR_CODES, ServiceError
 from sam2_service.wire.frames import HEADER_SIZE, FrameDecoder, decode_message, encode_message
-from sam2_service.wire.schema import SegmentRequest, error_response, parse_request, read_request_id
 
-#: What each stage may raise (docs/protocol.md, "Error codes"; the modules' docstrings).
-PARSE_ERRORS = (InvalidRequest, ServiceError)  # InvalidRequest, UnknownOp (both ServiceError)
-BASE64_ERRORS = (ImageDecodeError,)
-IMAGE_ERRORS = (ImageDecodeError, ImageTooLarge)
-PROMPT_ERRORS = (InvalidRequest,)
-READ_CHUNK = 1 << 18  # the server's read size (server.READ_CHUNK)
+READ_CHUNK = 1 << 18  # the server's read size (connection.READ_CHUNK)
 
 
 # --- the pipeline under test ------------------------------------------------------------
@@ -79,8 +81,7 @@ class Stats:
     slowest_s: float = 0.0
 
 
-def _check_service_error(exc: ServiceError, allowed: tuple[type, ...]) -> None:
-    assert isinstance(exc, allowed), f"{type(exc).__name__} not allowed here: {exc!r}"
+def _check_service_error(exc: ServiceError) -> None:
     assert exc.code in ERROR_CODES, exc.code
     assert isinstance(exc.message, str) and exc.message, repr(exc.message)
     assert exc.field is None or isinstance(exc.field, str)
@@ -94,76 +95,107 @@ def _check_image(image: np.ndarray, max_pixels: int) -> None:
     assert image.flags.writeable
 
 
-def _check_prompts(request: SegmentRequest, prompts: Any, h: int, w: int) -> None:
-    assert (request.width, request.height) == (w, h)
+def _check_prompts(prompts: Prompts, h: int, w: int) -> None:
     if prompts.box is not None:
         x1, y1, x2, y2 = (float(v) for v in prompts.box)
         assert prompts.box.dtype == np.float32 and prompts.box.shape == (4,)
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h, (prompts.box, w, h)
+    n = 0
     if prompts.point_coords is not None:
-        n = len(request.points)
+        n = len(prompts.point_coords)
         assert prompts.point_coords.shape == (n, 2) and prompts.point_labels.shape == (n,)
         assert np.isfinite(prompts.point_coords).all()
         assert set(prompts.point_labels.tolist()) <= {0, 1}
         assert ((prompts.point_coords >= 0) & (prompts.point_coords <= [w, h])).all()
-    assert prompts.box is not None or prompts.point_coords is not None
-    single_point = prompts.box is None and len(request.points) == 1
-    assert prompts.multimask_output == single_point
+    assert prompts.box is not None or n > 0
+    assert prompts.multimask_output == (prompts.box is None and n == 1)
+
+
+class FuzzEngine:
+    """A :class:`~sam2_service.daemon.engine.Engine` with no model: checks every image and
+    every set of prompts that reaches it, counts them in :attr:`stats`, and predicts an
+    empty mask."""
+
+    model_id = ("fuzz", "none", "float32", "cpu")
+    weights, device, precision, load_time_ms = "fake", "cpu", "float32", 0.0
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.max_pixels = 1
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        _check_image(image, self.max_pixels)
+        self.stats.images_decoded += 1
+        return Embedding({}, image.shape[:2], 0, self.model_id, 0.0)
+
+    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
+        _check_prompts(prompts, *embedding.orig_hw)
+        self.stats.prompts_validated += 1
+        return MaskResult(np.zeros(embedding.orig_hw, dtype=bool), 0.5, 0.0)
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return False
+
+    def free_memory(self) -> None:
+        pass
+
+    def warmup(self) -> float:
+        return 0.0
+
+    def info(self) -> dict:
+        return {"model": "fuzz", "weights": self.weights, "device": self.device,
+                "dtype": self.precision}
+
+
+class Pipeline:
+    """The server's dispatcher and worker on a private event loop (one per fuzz process;
+    the embedding cache is off, so every image is decoded)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.engine = FuzzEngine()
+        self.worker = InferenceWorker(self.engine, 1, cache_bytes=0, max_queue=1)
+        self._configs: dict[int, ServiceConfig] = {}
+
+    def respond(self, payload: bytes, max_pixels: int, max_points: int, stats: Stats) -> dict:
+        """The reply the server would send for ``payload``."""
+        cfg = self._configs.get(max_points)
+        if cfg is None:
+            cfg = self._configs[max_points] = ServiceConfig(max_points=max_points, cache_bytes=0)
+        self.engine.stats, self.engine.max_pixels = stats, max_pixels
+        self.worker.max_image_pixels = max_pixels
+        return self.loop.run_until_complete(Dispatcher(cfg, self.worker).respond(payload, time.monotonic()))
+
+
+_pipeline: Pipeline | None = None
+
+
+def _request_id_sent(payload: bytes) -> str | None:
+    """The readable ``requestId`` of ``payload``, which every reply to it must carry."""
+    try:
+        obj = decode_message(payload)
+    except ServiceError:
+        return None
+    rid = obj.get("requestId") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and rid else None
 
 
 def handle_payload(payload: bytes, max_pixels: int, max_points: int, stats: Stats) -> dict:
-    """Answer one frame's payload as the server does, minus the model; return the reply
-    object (already checked to encode as a frame). Raises AssertionError or any
-    unexpected exception on a bug."""
-    request_id = None
-    try:
-        try:
-            obj = decode_message(payload)
-        except ServiceError as exc:
-            _check_service_error(exc, (InvalidRequest,))
-            raise
-        assert isinstance(obj, dict)
-        request_id = read_request_id(obj)
-        assert isinstance(request_id, str) and request_id
-        try:
-            request = parse_request(obj, max_points=max_points)
-        except ServiceError as exc:
-            _check_service_error(exc, PARSE_ERRORS)
-            raise
-        rid = obj.get("requestId")
-        if isinstance(rid, str) and rid:
-            assert request.request_id == rid
-        else:  # made up, a fresh one each time
-            assert request.request_id.startswith("srv-") and len(request.request_id) == 20
-        reply: dict = {"requestId": request_id, "ok": True}
-        text = getattr(request, "image_base64", None)
-        if text is not None:
-            try:
-                data = decode_base64(text)
-            except ServiceError as exc:
-                _check_service_error(exc, BASE64_ERRORS)
-                raise
-            try:
-                image = decode_image(data, max_pixels)
-            except ServiceError as exc:
-                _check_service_error(exc, IMAGE_ERRORS)
-                raise
-            _check_image(image, max_pixels)
-            stats.images_decoded += 1
-            if isinstance(request, SegmentRequest):
-                h, w = image.shape[:2]
-                try:
-                    prompts = validate(request, (h, w))
-                except ServiceError as exc:
-                    _check_service_error(exc, PROMPT_ERRORS)
-                    raise
-                _check_prompts(request, prompts, h, w)
-                stats.prompts_validated += 1
-                reply.update(maskWidth=w, maskHeight=h, maskBase64="")
-        code = "ok"
-    except ServiceError as exc:
-        code = exc.code
-        reply = error_response(request_id or "srv-0000000000000000", exc.code, exc.message)
+    """Answer one frame's payload with the server's dispatcher, minus the model; return the
+    reply object (already checked to encode as a frame). Raises AssertionError on a bug: an
+    ``internal`` reply (an unexpected exception), an undocumented code, a wrong requestId."""
+    global _pipeline
+    _pipeline = _pipeline or Pipeline()
+    reply = _pipeline.respond(payload, max_pixels, max_points, stats)
+    code = reply.get("code", "ok")
+    assert code != "internal", reply["error"]
+    if code != "ok":
+        assert code in ERROR_CODES and isinstance(reply["error"], str) and reply["error"], reply
+    sent = _request_id_sent(payload)
+    if sent is not None:
+        assert reply["requestId"] == sent, (reply["requestId"], sent)
+    else:  # made up, a fresh one each time
+        assert reply["requestId"].startswith("srv-") and len(reply["requestId"]) == 20
     stats.codes[code] = stats.codes.get(code, 0) + 1
     encode_message(reply)  # what the server writes back must always encode
     return reply
@@ -198,7 +230,7 @@ def run_stream(chunks: list[bytes], cap: int, max_pixels: int, max_points: int,
             try:
                 payload = decoder.next_frame()
             except ServiceError as exc:
-                _check_service_error(exc, (ServiceError,))
+                _check_service_error(exc)
                 assert exc.code == "frame_too_large"
                 too_large = True
                 break
@@ -477,6 +509,7 @@ def fuzz(seconds: float, batch: int = 500, verbose: bool = True) -> FuzzResult:
     (each run a fresh random seed), stopping at the first failure, which hypothesis
     shrinks and prints. Returns the examples run and the failure's text."""
     stats = Stats()
+    logging.getLogger("sam2_service").addHandler(logging.NullHandler())  # no lastResort spam
 
     def one(stream: tuple[list[bytes], int, int, int]) -> None:
         """The property: one connection's bytes through the whole pipeline."""

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from sam2_service.daemon.engine import Embedding, MaskResult
+from sam2_service.daemon.engine import Embedding, Engine, MaskResult
 
 MODEL = ("tiny", "fake", "float32", "cpu")
 
@@ -18,7 +18,10 @@ class FakeOOM(RuntimeError):
 
 
 class FakeEngine:
-    """Embeds by keeping the image; predicts "pixel > 127 inside the box"."""
+    """Embeds by keeping the image; predicts "pixel > 127 inside the box".
+
+    Satisfies :class:`sam2_service.daemon.engine.Engine` (checked statically below and at
+    run time by tests/unit/test_dispatch.py)."""
 
     def __init__(self) -> None:
         self.model_id = MODEL
@@ -64,3 +67,8 @@ class FakeEngine:
     def info(self) -> dict:
         return {"model": "fake", "weights": self.weights, "device": self.device,
                 "dtype": self.precision}
+
+
+def _satisfies_engine_protocol() -> Engine:
+    """For type checkers: a FakeEngine is an :class:`Engine`."""
+    return FakeEngine()

@@ -50,9 +50,9 @@ class EmbeddingCache(Generic[V]):
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, image: str, model: Hashable) -> V | None:
-        """The entry for ``(image, model)``, or None; counts a hit or a miss."""
-        key = (image, model)
+    def get(self, image_id: str, model: Hashable) -> V | None:
+        """The entry for ``(image_id, model)``, or None; counts a hit or a miss."""
+        key = (image_id, model)
         item = self._entries.get(key)
         if item is None:
             self._misses += 1
@@ -61,13 +61,13 @@ class EmbeddingCache(Generic[V]):
         self._hits += 1
         return item[0]
 
-    def put(self, image: str, model: Hashable, value: V, nbytes: int) -> bool:
+    def put(self, image_id: str, model: Hashable, value: V, nbytes: int) -> bool:
         """Store ``value`` (``nbytes`` big) as the most recently used entry, evicting the
         least recently used ones until it fits. Returns False (and stores nothing) when
         ``nbytes`` exceeds the whole budget."""
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-        key = (image, model)
+        key = (image_id, model)
         self._remove(key)
         if nbytes > self.capacity_bytes:
             return False
@@ -79,9 +79,9 @@ class EmbeddingCache(Generic[V]):
         self._bytes += nbytes
         return True
 
-    def release(self, image: str) -> int:
-        """Drop every entry of ``image`` (whatever its model); returns how many were dropped."""
-        keys = [k for k in self._entries if k[0] == image]
+    def release(self, image_id: str) -> int:
+        """Drop every entry of ``image_id`` (whatever its model); returns how many were dropped."""
+        keys = [k for k in self._entries if k[0] == image_id]
         for key in keys:
             self._remove(key)
         return len(keys)
@@ -93,9 +93,6 @@ class EmbeddingCache(Generic[V]):
         self._entries.clear()
         self._bytes = 0
         return freed
-
-    def __contains__(self, key: tuple[str, Hashable]) -> bool:
-        return key in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -122,6 +122,22 @@ class ServiceConfig:
     idle_timeout: float = _setting(60.0, "--idle-timeout", "SAM2_SERVICE_IDLE_TIMEOUT",
                                    "seconds a connection may sit idle, or inside a partial "
                                    "frame, before it is closed", type=float)
+    max_connections: int = _setting(256, "--max-connections", "SAM2_SERVICE_MAX_CONNECTIONS",
+                                    "most client connections open at once; one more is closed "
+                                    "at once", type=int)
+    max_buffered_bytes: int = _setting(256 * 2**20, "--max-buffered-mb",
+                                       "SAM2_SERVICE_MAX_BUFFERED_MB",
+                                       "request bytes held at once over all connections, read "
+                                       "or announced by a length prefix but not yet answered "
+                                       "(MB); a frame that would go beyond gets busy and its "
+                                       "connection is closed", type=int, scale=2**20)
+    write_timeout: float = _setting(10.0, "--write-timeout", "SAM2_SERVICE_WRITE_TIMEOUT",
+                                    "seconds a client may take to read a reply before its "
+                                    "connection is closed", type=float)
+    json_thread_bytes: int = _setting(2**20, "--json-thread-kb", "SAM2_SERVICE_JSON_THREAD_KB",
+                                      "frames larger than this (KiB) are checked for too many "
+                                      "values before parsing, and parsed on a thread",
+                                      type=int, scale=2**10)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -131,7 +147,9 @@ class ServiceConfig:
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
-                     "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout"):
+                     "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
+                     "max_connections", "max_buffered_bytes", "write_timeout",
+                     "json_thread_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:
@@ -139,6 +157,10 @@ class ServiceConfig:
                              "decompression-bomb limit, which the daemon never lifts)")
         if self.log_backup_count < 0:
             raise ValueError("log_backup_count must be 0 (keep no old log) or positive")
+        if self.max_buffered_bytes < self.max_frame_bytes:
+            raise ValueError(f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
+                             f"max_frame_bytes ({self.max_frame_bytes}): one largest frame "
+                             "must fit (raise --max-buffered-mb with --max-frame-mb)")
         if self.cache_bytes < 0:
             raise ValueError("cache_bytes must be 0 (off) or positive")
 

@@ -14,7 +14,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -64,6 +64,45 @@ class Embedding:
     nbytes: int
     model_id: tuple[str, ...]
     encode_ms: float
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the worker and the server use of a model (:class:`Sam2Engine`; tests use
+    ``tests/fake_engine.py``). Its methods are blocking and called from the inference
+    thread only (:attr:`model_id`, :meth:`info` and the attributes from any thread).
+
+    Attributes:
+        model_id: the model's identity, part of every embedding-cache key.
+        weights: ``"checkpoint"`` or ``"dummy"`` (random weights; a fake says ``"fake"``).
+        device: the torch device string the model runs on (``cpu``, ``cuda:0``...).
+        precision: ``float32`` or ``bfloat16`` (the info reply's ``dtype``).
+        load_time_ms: time taken to build the model, ms.
+    """
+
+    model_id: tuple[str, ...]
+    weights: str
+    device: str
+    precision: str
+    load_time_ms: float
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """The embedding of an HxWx3 uint8 RGB image."""
+
+    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
+        """One mask (HxW bool) for ``prompts`` on an embedding made by this engine."""
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """True if ``exc`` is the device's out-of-memory error."""
+
+    def free_memory(self) -> None:
+        """Release what the device caches, after an out-of-memory error."""
+
+    def warmup(self) -> float:
+        """Run one-time initialisation before the first request; returns ms taken."""
+
+    def info(self) -> dict[str, Any]:
+        """The model part of the ``info`` reply (model, weights, device, dtype...)."""
 
 
 def _import_torch() -> Any:

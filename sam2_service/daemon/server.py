@@ -1,9 +1,10 @@
-"""The daemon: ``Server(config).serve()`` with startup, main loop and shutdown (as uvicorn).
+"""The daemon's lifecycle: ``Server(config).serve()`` with startup, main loop and shutdown
+(as uvicorn's ``Server``): signals, the model, the socket, the watchdog.
 
-Data flows one way: socket bytes -> :class:`~sam2_service.wire.frames.FrameDecoder` ->
-:func:`~sam2_service.wire.schema.parse_request` -> :class:`~sam2_service.daemon.worker.InferenceWorker`
--> response object -> frame -> socket. This module is the only place where exceptions
-become error responses.
+Data flows one way: socket bytes -> :class:`~sam2_service.daemon.connection.Connection`
+(frames) -> :class:`~sam2_service.daemon.dispatch.Dispatcher` (request -> reply, the only
+place where exceptions become error responses) -> :class:`~sam2_service.daemon.worker.InferenceWorker`
+(the model's thread) -> reply -> frame -> socket.
 """
 
 from __future__ import annotations
@@ -17,45 +18,19 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
-from ..wire.errors import FrameTooLarge, ServiceError, ShuttingDown
-from ..wire.frames import FrameDecoder, decode_message, encode_message
-from ..wire.peer import peer_allowed, peer_uid
-from ..wire.schema import (
-    PROTOCOL_VERSION,
-    EmbedRequest,
-    InfoRequest,
-    PingRequest,
-    ReleaseRequest,
-    SegmentRequest,
-    embed_response,
-    error_response,
-    new_request_id,
-    parse_request,
-    ping_response,
-    read_request_id,
-    release_response,
-    segment_response,
-)
+from .accept import accept_loop, raise_nofile_limit
 from .config import ServiceConfig, StartupError
-from .engine import Sam2Engine, package_versions
+from .connection import READ_CHUNK, Connection, ReadBudget
+from .dispatch import DUMMY_WARNING, Dispatcher
+from .engine import Engine, Sam2Engine, package_versions
 from .logs import event
 from .service_files import LAUNCHD_SOCKET_NAME
-from .sockets import LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener, peer_hung_up
+from .sockets import LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener
 from .systemd import notify, watchdog_interval
 from .worker import InferenceWorker
 
 log = logging.getLogger("sam2_service.server")
-
-READ_CHUNK = 1 << 18  # bytes asked of the socket per read
-DUMMY_WARNING = "DUMMY WEIGHTS: random-init model loaded with --dummy-weights; masks are meaningless"
-
-
-@dataclass
-class _Connection:
-    busy: bool = False  # a whole request has been read and is being answered
 
 
 class Server:
@@ -66,16 +41,19 @@ class Server:
         engine: an already loaded engine (tests); by default :meth:`startup` loads one.
     """
 
-    def __init__(self, config: ServiceConfig, engine: Sam2Engine | None = None) -> None:
+    def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine
         self.worker: InferenceWorker | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._listener: socket.socket | None = None  # the listening socket, once listening
+        self._acceptor: asyncio.Task | None = None  # accept_loop on it
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
         self._watchdog: asyncio.Task | None = None
-        self._conns: dict[asyncio.Task, _Connection] = {}
+        self._conns: dict[asyncio.Task, Connection] = {}
+        self._budget = ReadBudget(config.max_buffered_bytes)
         self._stop = asyncio.Event()
-        self.started = asyncio.Event()
+        self.abandoned = False  # a stop came before the socket was listening
 
     # -- lifecycle -----------------------------------------------------------------------
     async def serve(self) -> None:
@@ -87,14 +65,35 @@ class Server:
         loop = asyncio.get_running_loop()
         installed = self._install_signal_handlers(loop)
         try:
-            await self.startup()
-            if not self._stop.is_set():
-                self.started.set()
+            if await self._start_unless_stopped():
                 await self._stop.wait()
         finally:
             await self.shutdown()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+    async def _start_unless_stopped(self) -> bool:
+        """Run :meth:`startup`, abandoning it as soon as a stop is requested (SIGTERM or
+        Ctrl-C while the model loads or warms up): the socket is then never bound. A model
+        load or warm-up already running on the inference thread is left to finish there;
+        its result is dropped. Returns True if the server started."""
+        startup = asyncio.ensure_future(self.startup())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if startup.done():
+            startup.result()  # StartupError propagates
+            if self.listening:
+                return True
+        else:
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await startup
+        event(log, "Start-up abandoned: shutdown requested before listening")
+        self.abandoned = True
+        return False
 
     def stop(self) -> None:
         """Ask the server to shut down (safe to call from the loop's thread, any number of times)."""
@@ -118,6 +117,7 @@ class Server:
         cfg = self.config
         event(log, "Starting sam2-service", **package_versions(), model=cfg.model,
               device=cfg.device, socket=cfg.socket_path, logFile=str(cfg.log_path))
+        raise_nofile_limit()
         inherited = inherited_listener(LAUNCHD_SOCKET_NAME)
         if inherited is None:
             check_socket_path(cfg.socket_path)
@@ -134,10 +134,15 @@ class Server:
         if cfg.warmup:
             warmup_ms = await self.worker.warmup()
             event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
+        self.dispatcher = Dispatcher(cfg, self.worker)
+        if self._stop.is_set():  # never bind once a stop was requested
+            return
         sock = inherited or self._bind()
         path = sock.getsockname() or cfg.socket_path
-        self._server = await asyncio.start_unix_server(  # asyncio listens again: pass ours
-            self._handle_connection, sock=sock, limit=READ_CHUNK, backlog=LISTEN_BACKLOG)
+        sock.listen(LISTEN_BACKLOG)  # an inherited socket too: its manager's backlog may be less
+        self._listener = sock
+        self._acceptor = asyncio.ensure_future(
+            accept_loop(sock, self._serve_socket, cfg.max_connections))
         event(log, "Server listening", socket=path, pid=os.getpid(),
               activation="inherited" if inherited else "bound")
         notify(f"READY=1\nSTATUS=Listening on {path}")
@@ -171,9 +176,13 @@ class Server:
     async def shutdown(self) -> None:
         """Stop accepting; let requests being answered finish (up to ``shutdown_timeout``),
         close idle connections, stop the worker and remove the socket this server made."""
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
             notify("STOPPING=1")
+        if self._listener is not None:
+            self._listener.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._stop.set()
@@ -186,6 +195,10 @@ class Server:
                 task.cancel()
         if self._conns:
             done, pending = await asyncio.wait(list(self._conns), timeout=self.config.shutdown_timeout)
+            if pending and self.worker is not None and self.worker.fail_running(
+                    "the daemon is shutting down; the request did not finish within the "
+                    f"shutdown timeout ({self.config.shutdown_timeout} s)"):
+                _, pending = await asyncio.wait(pending, timeout=1.0)
             for task in pending:
                 task.cancel()
             if pending:
@@ -193,7 +206,7 @@ class Server:
         if self.worker is not None:
             self.worker.close()
         self._unlink_socket()
-        if self._server is not None:
+        if self._acceptor is not None:
             event(log, "Server stopped", socket=self.config.socket_path)
 
     def _unlink_socket(self) -> None:
@@ -206,207 +219,32 @@ class Server:
                 os.unlink(self.config.socket_path)
         self._socket_id = None
 
+    @property
+    def listening(self) -> bool:
+        """True once the socket is listening (start-up complete), until shutdown."""
+        return self._acceptor is not None and not self._acceptor.done()
+
     # -- connections ---------------------------------------------------------------------
+    async def _serve_socket(self, conn: socket.socket) -> None:
+        """Serve one accepted socket (see :func:`accept_loop`)."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=READ_CHUNK)
+        except OSError:
+            conn.close()
+            return
+        await self._handle_connection(reader, writer)
+
     async def _handle_connection(self, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted connection (:class:`Connection`), tracked for shutdown."""
         task = asyncio.current_task()
-        assert task is not None
-        conn = self._conns[task] = _Connection()
-        decoder = FrameDecoder(self.config.max_frame_bytes)
+        assert task is not None and self.dispatcher is not None
+        conn = self._conns[task] = Connection(reader, writer, self.config, self.dispatcher,
+                                              self._stop, self._budget)
         try:
-            if not self._admit(writer):
-                return
-            while not self._stop.is_set():
-                payload = await self._next_frame(reader, writer, decoder)
-                if payload is None:
-                    break
-                conn.busy = True
-                response = await self._answer_watching(payload, reader, writer, decoder)
-                if response is None:
-                    break  # the peer hung up; its request was dropped
-                writer.write(encode_message(response))
-                await writer.drain()
-                conn.busy = False
-            if self._stop.is_set():
-                await self._refuse_buffered(decoder, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # peer went away, or shutdown closed an idle connection
+            await conn.serve()
         finally:
             self._conns.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
-
-    def _admit(self, writer: asyncio.StreamWriter) -> bool:
-        """Check the peer's uid (:func:`peer_uid`); refuse other users."""
-        sock = writer.get_extra_info("socket")
-        try:
-            uid = peer_uid(sock) if sock is not None else None
-        except OSError:
-            uid = None
-        if peer_allowed(uid, os.geteuid()):
-            return True
-        event(log, "Refused connection from another user", logging.WARNING, peerUid=uid)
-        return False
-
-    async def _next_frame(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          decoder: FrameDecoder) -> bytes | None:
-        """The next complete frame's payload, or None when the connection should close:
-        the peer hung up, sent an oversize prefix (answered ``frame_too_large``), or sent no
-        complete frame within ``idle_timeout`` (partial data does not extend it)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.idle_timeout
-        while True:
-            try:
-                payload = decoder.next_frame()
-            except FrameTooLarge as exc:  # cannot resynchronise: answer, then close
-                writer.write(encode_message(self._error(new_request_id(), exc)))
-                await writer.drain()
-                return None
-            if payload is not None:
-                return payload
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), deadline - loop.time())
-            except asyncio.TimeoutError:
-                event(log, "Closed idle connection", idleTimeout=self.config.idle_timeout,
-                      partialFrame=decoder.in_frame)
-                return None
-            if not data:
-                return None
-            decoder.feed(data)
-
-    async def _answer_watching(self, payload: bytes, reader: asyncio.StreamReader,
-                               writer: asyncio.StreamWriter,
-                               decoder: FrameDecoder) -> dict[str, Any] | None:
-        """Answer ``payload`` while still reading the socket, so that a peer that hangs up
-        is noticed: its job is then dropped (or, if running, finished and discarded) and
-        None returned. Bytes read meanwhile (pipelined requests) go to ``decoder``, up to
-        one frame's worth; a half-close (EOF without hang-up) still gets its reply."""
-        respond = asyncio.ensure_future(self._respond(payload, time.monotonic()))
-        read: asyncio.Future | None = None
-        limit = self.config.max_frame_bytes + 4
-        try:
-            while read is not None or decoder.buffered < limit:
-                read = read or asyncio.ensure_future(reader.read(READ_CHUNK))
-                await asyncio.wait({respond, read}, return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    break
-                data, read = read.result(), None
-                if data:
-                    decoder.feed(data)
-                    continue
-                sock = writer.get_extra_info("socket")
-                if sock is not None and peer_hung_up(sock):
-                    event(log, "Client disconnected; request dropped")
-                    return None
-                break  # half-closed: answer, then the loop ends at EOF
-            return await respond
-        finally:  # cancel what is left and wait for it, so that nobody still reads the stream
-            for fut in (respond, read):
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await fut
-
-    async def _refuse_buffered(self, decoder: FrameDecoder, writer: asyncio.StreamWriter) -> None:
-        """On shutdown, answer requests already received but not started with
-        ``shutting_down``."""
-        with contextlib.suppress(FrameTooLarge):
-            while (payload := decoder.next_frame()) is not None:
-                rid = read_request_id(_loads_or_none(payload))
-                writer.write(encode_message(self._error(rid, ShuttingDown(
-                    "the daemon is shutting down; the request was not run"))))
-        await writer.drain()
-
-    async def _respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
-        """Answer one frame's payload; never raises (errors become error responses).
-        ``arrived`` is the ``time.monotonic()`` at which the frame was complete."""
-        request_id = None
-        try:
-            obj = decode_message(payload)
-            request_id = read_request_id(obj)
-            request = parse_request(obj, max_points=self.config.max_points)
-            if isinstance(request, PingRequest):
-                return ping_response(request.request_id)
-            if isinstance(request, InfoRequest):
-                return self._info(request.request_id)
-            if isinstance(request, ReleaseRequest):
-                return self._release(request)
-            if isinstance(request, EmbedRequest):
-                return await self._embed(request, arrived)
-            assert isinstance(request, SegmentRequest)
-            return await self._segment(request, arrived)
-        except ServiceError as exc:
-            return self._error(request_id or new_request_id(), exc)
-        except Exception as exc:  # a bug or a model failure: report it, keep serving
-            rid = request_id or new_request_id()
-            event(log, "Internal error", logging.ERROR, exc_info=True, requestId=rid,
-                  code="internal")
-            return error_response(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
-
-    async def _segment(self, request: SegmentRequest, arrived: float) -> dict[str, Any]:
-        assert self.worker is not None
-        event(log, "Received request", requestId=request.request_id,
-              hasBbox=request.bbox is not None, points=len(request.points),
-              imageChars=len(request.image_base64 or ""), imageId=request.image_id)
-        out = await self.worker.segment(request, arrived + self.config.request_timeout)
-        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
-        event(log, "Inference complete", requestId=request.request_id,
-              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
-              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
-              width=out.width, height=out.height,
-              **{f"{k}Ms": round(v, 1) for k, v in out.timings.items()})
-        return segment_response(request.request_id, width=out.width, height=out.height,
-                                mask_base64=out.mask_base64, score=out.score,
-                                image_id=out.image_id, cached=out.cached, timings=timings)
-
-    async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
-        assert self.worker is not None
-        out = await self.worker.embed(request, arrived + self.config.request_timeout)
-        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
-        event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
-              cached=out.cached, width=out.width, height=out.height,
-              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
-        return embed_response(request.request_id, width=out.width, height=out.height,
-                              image_id=out.image_id, cached=out.cached, timings=timings)
-
-    def _release(self, request: ReleaseRequest) -> dict[str, Any]:
-        assert self.worker is not None
-        released = self.worker.release(request.image_id)
-        event(log, "Image released", requestId=request.request_id, imageId=request.image_id,
-              released=released)
-        return release_response(request.request_id, image_id=request.image_id, released=released)
-
-    def _error(self, request_id: str, exc: ServiceError) -> dict[str, Any]:
-        event(log, "Request failed", logging.WARNING, requestId=request_id, code=exc.code,
-              error=exc.message, field=exc.field)
-        return error_response(request_id, exc.code, exc.message)
-
-    def _info(self, request_id: str) -> dict[str, Any]:
-        assert self.engine is not None
-        assert self.worker is not None
-        cfg, stats = self.config, self.worker.cache_stats()
-        info: dict[str, Any] = {
-            "requestId": request_id, "ok": True, "protocol": PROTOCOL_VERSION,
-            **self.engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
-            "cache": {"capacityBytes": cfg.cache_bytes, "bytes": stats.bytes,
-                      "entries": stats.entries, "hits": stats.hits, "misses": stats.misses,
-                      "evictions": stats.evictions},
-            "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
-            "limits": {"maxFrameBytes": cfg.max_frame_bytes,
-                       "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
-                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
-        }
-        if self.engine.weights == "dummy":
-            info["warning"] = DUMMY_WARNING
-        return info
-
-
-def _loads_or_none(payload: bytes) -> Any:
-    try:
-        return decode_message(payload)
-    except ServiceError:
-        return None
 
 
 def run(config: ServiceConfig) -> int:
@@ -414,9 +252,10 @@ def run(config: ServiceConfig) -> int:
 
     After the loop ends, waits for a job still running on the inference thread (one whose
     client hung up, or that outlived the shutdown timeout) for what is left of
-    ``shutdown_timeout``. If it still runs, the logs are flushed and the process leaves
-    with ``os._exit``: finalising the interpreter while that thread is inside torch aborts
-    it (SIGABRT, exit 134) instead of the documented exit code.
+    ``shutdown_timeout`` (nothing, when a stop abandoned the start-up: a model load or
+    warm-up still running is not waited for). If it still runs, the logs are flushed and the
+    process leaves with ``os._exit``: finalising the interpreter while that thread is inside
+    torch aborts it (SIGABRT, exit 134) instead of the documented exit code.
     """
     server = Server(config)
     code = 0
@@ -426,7 +265,9 @@ def run(config: ServiceConfig) -> int:
         event(log, str(exc), logging.ERROR)
         code = 1
     worker = server.worker
-    if worker is not None and not worker.close(worker.shutdown_time_left(config.shutdown_timeout)):
+    wait = 0.0 if server.abandoned else (worker.shutdown_time_left(config.shutdown_timeout)
+                                         if worker is not None else 0.0)
+    if worker is not None and not worker.close(wait):
         event(log, "Inference still running at exit; leaving without waiting for it",
               logging.WARNING, shutdownTimeout=config.shutdown_timeout)
         logging.shutdown()

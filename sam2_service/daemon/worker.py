@@ -1,7 +1,7 @@
 """The inference worker: one dedicated thread that owns the model and the embedding cache.
 
 Everything slow for one request (base64 and image decoding, image encoding, mask
-prediction, mask encoding) runs on that thread, so the asyncio loop never blocks and
+prediction) runs on that thread, so the asyncio loop never blocks and
 SAM2's predictor, which keeps the current image's embedding as state, is only ever touched
 by one thread. Jobs wait in a bounded queue (``max_queue``; beyond it :class:`Busy` at
 once), each with a deadline (:class:`RequestTimeout`); a job whose client has gone is
@@ -21,18 +21,11 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ..wire.codecs import compute_image_id, decode_base64, encode_mask
-from ..wire.errors import (
-    Busy,
-    OutOfMemory,
-    RequestTimeout,
-    ServiceError,
-    ShuttingDown,
-    UnknownImage,
-)
+from ..wire.codecs import compute_image_id, decode_base64
+from ..wire.errors import Busy, OutOfMemory, RequestTimeout, ServiceError, ShuttingDown, UnknownImage
 from ..wire.schema import EmbedRequest, SegmentRequest
 from .cache import CacheStats, EmbeddingCache
-from .engine import Embedding, Sam2Engine
+from .engine import Embedding, Engine
 from .imaging import decode_image
 from .prompts import check_size, validate
 
@@ -46,19 +39,21 @@ class SegmentOutcome:
 
     Attributes:
         width, height: mask size in pixels (equal to the image's).
-        mask_base64: see :func:`sam2_service.wire.codecs.encode_mask`.
+        mask: HxW bool, True on the object (the wire encoding, base64 of 0/255 bytes, is
+            made by :mod:`sam2_service.daemon.dispatch` with
+            :func:`sam2_service.wire.codecs.encode_mask`).
         score: SAM2's IoU prediction for the mask.
         coverage: fraction of mask pixels that are foreground, 0..1.
         image_id: the image's ``imageId`` (:func:`sam2_service.wire.codecs.compute_image_id`).
         cached: True when the image embedding came from the cache.
         timings: ms by stage: ``decode`` (base64, hash, PNG/JPEG, prompt checks), ``encode``
-            (image embedding; 0 when cached), ``predict`` (SAM2's ``predict``), ``mask``
-            (mask to base64), ``queue`` (waiting for the inference thread).
+            (image embedding; 0 when cached), ``predict`` (SAM2's ``predict``),
+            ``queue`` (waiting for the inference thread).
     """
 
     width: int
     height: int
-    mask_base64: str
+    mask: np.ndarray
     score: float
     coverage: float
     image_id: str
@@ -111,7 +106,7 @@ class InferenceWorker:
         max_queue: most jobs waiting (not yet started); more raise :class:`Busy`.
     """
 
-    def __init__(self, engine: Sam2Engine | None, max_image_pixels: int, *, cache_bytes: int = 0,
+    def __init__(self, engine: Engine | None, max_image_pixels: int, *, cache_bytes: int = 0,
                  max_queue: int = 8) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
@@ -293,23 +288,23 @@ class InferenceWorker:
         out.timings["queue"] = (out.timings.pop("_started") - submitted) * 1000
         return out
 
-    def release(self, image: str) -> bool:
-        """Drop ``image``'s cached embedding; False if none was cached."""
+    def release(self, image_id: str) -> bool:
+        """Drop the cached embedding of ``image_id``; False if none was cached."""
         with self._cache_lock:
-            return self.cache.release(image) > 0
+            return self.cache.release(image_id) > 0
 
     def cache_stats(self) -> CacheStats:
         """The embedding cache's counters."""
         with self._cache_lock:
             return self.cache.stats()
 
-    async def load(self, loader: Callable[[], Sam2Engine]) -> Sam2Engine:
+    async def load(self, loader: Callable[[], Engine]) -> Engine:
         """Build the engine with ``loader()`` on the inference thread and keep it."""
         self.engine = await self.call(loader)
         return self.engine
 
     async def warmup(self) -> float:
-        """Run :meth:`Sam2Engine.warmup` on the inference thread (ms taken). It must be that
+        """Run :meth:`Engine.warmup` on the inference thread (ms taken). It must be that
         thread: torch keeps per-thread state (on CUDA the cuBLAS/cuDNN handles) whose
         creation would otherwise land on the first request."""
         return await self.call(self.engine.warmup)
@@ -334,13 +329,13 @@ class InferenceWorker:
 
         return guarded
 
-    def _embedding(self, data: bytes, iid: str, check: Callable[[tuple[int, int]], T],
+    def _embedding(self, data: bytes, image_id: str, check: Callable[[tuple[int, int]], T],
                    timings: dict[str, float]) -> tuple[Embedding, bool, T]:
         """The cached embedding of ``data`` or a new one, and ``check((H, W))`` of the image
         (prompt or size checks, run before the costly image encoding)."""
         t0 = time.perf_counter()
         with self._cache_lock:
-            emb = self.cache.get(iid, self.engine.model_id)
+            emb = self.cache.get(image_id, self.engine.model_id)
         if emb is not None:
             checked = check(emb.orig_hw)
             timings["decode"] += _ms(t0)
@@ -351,7 +346,7 @@ class InferenceWorker:
         emb = self.engine.embed(image)
         timings["encode"] = emb.encode_ms
         with self._cache_lock:
-            self.cache.put(iid, emb.model_id, emb, emb.nbytes)
+            self.cache.put(image_id, emb.model_id, emb, emb.nbytes)
         return emb, False, checked
 
     def _segment_job(self, request: SegmentRequest) -> SegmentOutcome:
@@ -359,40 +354,37 @@ class InferenceWorker:
         timings = {"_started": started, "decode": 0.0, "encode": 0.0}
         check = functools.partial(validate, request)
         if request.image_id is not None:
-            iid = request.image_id
+            image_id = request.image_id
             with self._cache_lock:
-                emb = self.cache.get(iid, self.engine.model_id)
+                emb = self.cache.get(image_id, self.engine.model_id)
             if emb is None:
-                raise UnknownImage(f"imageId {iid} is not cached (never sent, evicted or "
+                raise UnknownImage(f"imageId {image_id} is not cached (never sent, evicted or "
                                    "released): send the image as imageBase64", field="imageId")
             prompts, cached = check(emb.orig_hw), True
             timings["decode"] = _ms(started)
         else:
             assert request.image_base64 is not None
             data = decode_base64(request.image_base64)
-            iid = compute_image_id(data)
+            image_id = compute_image_id(data)
             timings["decode"] = _ms(started)
-            emb, cached, prompts = self._embedding(data, iid, check, timings)
+            emb, cached, prompts = self._embedding(data, image_id, check, timings)
         result = self.engine.predict(emb, prompts)
         timings["predict"] = result.predict_ms
-        t0 = time.perf_counter()
-        mask_b64 = encode_mask(result.mask)
-        timings["mask"] = _ms(t0)
         h, w = emb.orig_hw
-        return SegmentOutcome(width=w, height=h, mask_base64=mask_b64, score=result.score,
-                              coverage=np.count_nonzero(result.mask) / result.mask.size, image_id=iid, cached=cached,
-                              timings=timings)
+        return SegmentOutcome(width=w, height=h, mask=result.mask, score=result.score,
+                              coverage=np.count_nonzero(result.mask) / result.mask.size,
+                              image_id=image_id, cached=cached, timings=timings)
 
     def _embed_job(self, request: EmbedRequest) -> EmbedOutcome:
         started = time.perf_counter()
         timings = {"_started": started, "decode": 0.0, "encode": 0.0}
         data = decode_base64(request.image_base64)
-        iid = compute_image_id(data)
+        image_id = compute_image_id(data)
         timings["decode"] = _ms(started)
         emb, cached, _ = self._embedding(
-            data, iid, functools.partial(check_size, request.width, request.height), timings)
+            data, image_id, functools.partial(check_size, request.width, request.height), timings)
         h, w = emb.orig_hw
-        return EmbedOutcome(w, h, iid, cached, timings)
+        return EmbedOutcome(w, h, image_id, cached, timings)
 
 
 def _settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:

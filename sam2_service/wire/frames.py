@@ -113,6 +113,16 @@ class FrameDecoder:
         return len(self._buf)
 
     @property
+    def pending_length(self) -> int | None:
+        """The payload length announced by the next frame's prefix once all 4 bytes of it
+        have arrived (whether or not it is over the cap), else None. Does not consume."""
+        if self._need is not None:
+            return self._need
+        if len(self._buf) < HEADER_SIZE:
+            return None
+        return HEADER.unpack_from(self._buf)[0]
+
+    @property
     def in_frame(self) -> bool:
         """True while part of a frame (header or body) has arrived but not all of it."""
         return self._need is not None or bool(self._buf)

@@ -239,7 +239,8 @@ def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
     return _segment_request(obj, request_id, max_points)
 
 
-#: The stages timed on the inference thread; ``inferenceTimeMs`` is their sum.
+#: The stages of the daemon's own work (``mask``, the base64 encoding, runs after the
+#: inference thread's part); ``inferenceTimeMs`` is their sum.
 INFERENCE_STAGES = ("decode", "encode", "predict", "mask")
 
 
@@ -254,7 +255,7 @@ def segment_response(request_id: str, *, width: int, height: int, mask_base64: s
     row-major, top row first; ``score`` is SAM2's IoU prediction for that mask;
     ``image_id`` the image's ``imageId``; ``cached`` whether its embedding was reused;
     ``timings`` milliseconds by stage (:data:`INFERENCE_STAGES`, ``queue``, ``total``);
-    ``inferenceTimeMs`` is the sum of the inference stages (the inference thread's time)."""
+    ``inferenceTimeMs`` is the sum of :data:`INFERENCE_STAGES`."""
     return {
         "requestId": request_id,
         "maskWidth": width,

@@ -86,9 +86,6 @@ def test_sigterm_after_a_hang_up_during_encode_exits_0(sock_dir, checkpoint, shu
             d.process.kill()
 
 
-@pytest.mark.xfail(reason="needs Server.shutdown to answer the running request with "
-                   "shutting_down (worker.fail_running) before cancelling its connection; "
-                   "see the hardening report", strict=False)
 def test_client_waiting_past_the_shutdown_timeout_gets_an_answer(sock_dir, checkpoint):
     d = start_daemon(sock_dir, "--checkpoint", str(checkpoint), "--device", "cpu",
                      "--shutdown-timeout", "0.5")

@@ -53,7 +53,9 @@ def test_fuzz_property_catches_an_escaping_exception(fuzz_module, monkeypatch):
     def broken(payload):
         raise KeyError("boom")
 
-    monkeypatch.setattr(fuzz_module, "decode_message", broken)
+    from sam2_service.daemon import dispatch
+
+    monkeypatch.setattr(dispatch, "decode_message", broken)
     result = fuzz_module.fuzz(5.0, batch=20, verbose=False)
     assert result.failure is not None and "KeyError" in result.failure
 

@@ -285,3 +285,18 @@ def test_property_decode_message_dict_or_invalid_request(payload):
         pytest.fail(f"unexpected {type(exc).__name__}: {exc}")
     else:
         assert isinstance(obj, dict)
+
+
+def test_pending_length_peeks_the_next_prefix_without_consuming():
+    from sam2_service.wire.frames import FrameDecoder
+
+    d = FrameDecoder(10)
+    assert d.pending_length is None
+    d.feed(b"\x05\x00\x00")
+    assert d.pending_length is None
+    d.feed(b"\x00ab")
+    assert d.pending_length == 5 and d.buffered == 6
+    assert d.next_frame() is None and d.pending_length == 5
+    d.feed(b"cde" + b"\xff\x00\x00\x00")
+    assert d.next_frame() == b"abcde"
+    assert d.pending_length == 255  # over the cap: reported; next_frame raises

@@ -12,7 +12,7 @@ import pytest
 
 from sam2_service.daemon.worker import InferenceWorker
 from sam2_service.wire.codecs import compute_image_id as image_id
-from sam2_service.wire.codecs import decode_mask, encode_png
+from sam2_service.wire.codecs import encode_png
 from sam2_service.wire.errors import (
     Busy,
     ImageDecodeError,
@@ -61,10 +61,11 @@ def test_resent_image_reuses_its_embedding_and_gives_the_same_mask():
     first, second = run(main())
     assert (first.cached, second.cached) == (False, True)
     assert eng.embeds == 1 and eng.predicts == 2
-    assert first.mask_base64 == second.mask_base64
+    assert np.array_equal(first.mask, second.mask)
     assert first.image_id == second.image_id == image_id(base64.b64decode(png(1)))
     assert second.timings["encode"] == 0.0 and first.timings["encode"] == 1.0
-    assert set(second.timings) == {"decode", "encode", "predict", "mask", "queue"}
+    assert set(second.timings) == {"decode", "encode", "predict", "queue"}
+    assert first.mask.dtype == bool and first.mask.shape == (6, 8)
 
 
 def test_segment_by_image_id_and_unknown_image():
@@ -82,7 +83,7 @@ def test_segment_by_image_id_and_unknown_image():
     out, by_id, exc = run(main())
     assert by_id.cached and by_id.image_id == out.image_id and eng.embeds == 1
     assert exc.code == "unknown_image" and exc.field == "imageId"
-    mask = decode_mask(by_id.mask_base64, 8, 6)
+    mask = by_id.mask
     assert not mask[:, 5:].any() and not mask[:1].any()  # outside the box: background
 
 
@@ -181,7 +182,7 @@ def test_cache_off_still_answers():
         return a, b
 
     a, b = run(main())
-    assert not a.cached and not b.cached and eng.embeds == 2 and a.mask_base64 == b.mask_base64
+    assert not a.cached and not b.cached and eng.embeds == 2 and np.array_equal(a.mask, b.mask)
 
 
 # --- queue, deadlines, cancellation ---------------------------------------------------------

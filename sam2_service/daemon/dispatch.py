@@ -1,0 +1,224 @@
+"""Answering one request, with no I/O: payload bytes in, reply object out.
+
+:class:`Dispatcher` is driven by one table, :attr:`Dispatcher.handlers`, from op name
+(:data:`sam2_service.wire.schema.OPS`) to handler. Adding an op is one schema entry
+(:func:`sam2_service.wire.schema.parse_request`), one entry here, one worker job and one
+client method. :meth:`Dispatcher.respond` never raises: it is the only place where
+exceptions become error responses (:class:`~sam2_service.wire.errors.ServiceError` ->
+its code with the request's ``requestId``; anything else -> ``internal``, logged with its
+traceback). The connection loop (:mod:`sam2_service.daemon.connection`) and the fuzz target
+(``fuzz/fuzz_pipeline.py``) both drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+import orjson
+
+from ..wire.codecs import encode_mask
+from ..wire.errors import InvalidRequest, ServiceError
+from ..wire.frames import decode_message
+from ..wire.schema import (
+    PROTOCOL_VERSION,
+    EmbedRequest,
+    ReleaseRequest,
+    Request,
+    SegmentRequest,
+    embed_response,
+    error_response,
+    new_request_id,
+    parse_request,
+    ping_response,
+    read_request_id,
+    release_response,
+    segment_response,
+)
+from .config import ServiceConfig
+from .engine import Engine
+from .logs import event
+from .worker import InferenceWorker
+
+log = logging.getLogger("sam2_service.server")
+
+DUMMY_WARNING = "DUMMY WEIGHTS: random-init model loaded with --dummy-weights; masks are meaningless"
+#: Masks of more pixels than this are base64-encoded on a thread, not on the event loop:
+#: :func:`encode_mask` of a 1920x1080 mask took 1.2 ms on the 2-core development machine.
+MASK_THREAD_PIXELS = 512 * 512
+
+#: Commas a large request may hold besides its points' (top-level fields, bbox, a data URL).
+MAX_OTHER_COMMAS = 64
+
+Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
+
+
+class Dispatcher:
+    """Turns a frame's payload into its reply, using the worker for model work.
+
+    Args:
+        config: the daemon's settings (``max_points``, ``request_timeout`` and what
+            ``info`` reports).
+        worker: the inference worker, with its engine loaded.
+    """
+
+    def __init__(self, config: ServiceConfig, worker: InferenceWorker) -> None:
+        self.config = config
+        self.worker = worker
+        #: op name -> handler(request, arrived); the one routing table.
+        self.handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "info": self._info,
+            "segment": self._segment,
+            "embed": self._embed,
+            "release": self._release,
+        }
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's loaded engine."""
+        assert self.worker.engine is not None
+        return self.worker.engine
+
+    async def respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
+        """Answer one frame's payload; never raises (errors become error responses).
+
+        Args:
+            payload: the frame's bytes (UTF-8 JSON expected).
+            arrived: ``time.monotonic()`` at which the frame was complete; the request's
+                deadline is ``arrived + request_timeout``.
+
+        Returns:
+            The reply object, with the request's ``requestId`` (or a made-up one when the
+            request carries none that is readable).
+        """
+        request_id = None
+        try:
+            if len(payload) > self.config.json_thread_bytes:
+                obj = await asyncio.to_thread(self._decode_large, payload)
+                if isinstance(obj, InvalidRequest):
+                    return self.error(_peek_request_id(payload) or new_request_id(), obj)
+            else:
+                obj = decode_message(payload)
+            request_id = read_request_id(obj)
+            request = parse_request(obj, max_points=self.config.max_points)
+            return await self.handlers[obj.get("op", "segment")](request, arrived)
+        except ServiceError as exc:
+            return self.error(request_id or new_request_id(), exc)
+        except Exception as exc:  # a bug or a model failure: report it, keep serving
+            rid = request_id or new_request_id()
+            event(log, "Internal error", logging.ERROR, exc_info=True, requestId=rid,
+                  code="internal")
+            return error_response(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _decode_large(self, payload: bytes) -> dict[str, Any] | InvalidRequest:
+        """On a thread: :meth:`_too_many_values`, then :func:`decode_message`. The count
+        releases the GIL (numpy); orjson's parse itself holds it, so the count is what keeps
+        a frame of many values from stalling the event loop."""
+        return self._too_many_values(payload) or decode_message(payload)
+
+    def _too_many_values(self, payload: bytes) -> InvalidRequest | None:
+        """Refuse a large frame holding more JSON values than a request can use, before
+        parsing it (1,000,000 points, 34 MB, took 0.3-1.3 s to parse, during which no other
+        connection is served: orjson holds the GIL even on a thread). Values are counted by
+        their separating commas (base64 text holds none): at most 4 per point (``{"x": ..,
+        "y": .., "label": ..}`` and the comma after it) plus :data:`MAX_OTHER_COMMAS`.
+
+        Returns:
+            The error to answer with (``field`` is ``points``), or None if the frame may be
+            parsed.
+        """
+        limit = 4 * self.config.max_points + MAX_OTHER_COMMAS
+        commas = int(np.count_nonzero(np.frombuffer(payload, dtype=np.uint8) == ord(",")))
+        if commas <= limit:
+            return None
+        return InvalidRequest(
+                f"a request frame over --json-thread-kb ({self.config.json_thread_bytes} bytes) "
+            f"may hold at most {limit} commas (4 per point for --max-points "
+            f"{self.config.max_points}, plus {MAX_OTHER_COMMAS}); this one holds {commas}, "
+            "so it was not parsed", field="points")
+
+    def error(self, request_id: str, exc: ServiceError) -> dict[str, Any]:
+        """The error reply for ``exc`` (logged as a warning with its code and field)."""
+        event(log, "Request failed", logging.WARNING, requestId=request_id, code=exc.code,
+              error=exc.message, field=exc.field)
+        return error_response(request_id, exc.code, exc.message)
+
+    # -- handlers, one per op ---------------------------------------------------------------
+    async def _ping(self, request: Request, arrived: float) -> dict[str, Any]:
+        return ping_response(request.request_id)
+
+    async def _segment(self, request: SegmentRequest, arrived: float) -> dict[str, Any]:
+        event(log, "Received request", requestId=request.request_id,
+              hasBbox=request.bbox is not None, points=len(request.points),
+              imageChars=len(request.image_base64 or ""), imageId=request.image_id)
+        out = await self.worker.segment(request, arrived + self.config.request_timeout)
+        t0 = time.perf_counter()
+        if out.mask.size > MASK_THREAD_PIXELS:
+            mask_base64 = await asyncio.to_thread(encode_mask, out.mask)
+        else:
+            mask_base64 = encode_mask(out.mask)
+        timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
+        timings["total"] = (time.monotonic() - arrived) * 1000
+        event(log, "Inference complete", requestId=request.request_id,
+              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
+              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
+              width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
+        return segment_response(request.request_id, width=out.width, height=out.height,
+                                mask_base64=mask_base64, score=out.score,
+                                image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
+        out = await self.worker.embed(request, arrived + self.config.request_timeout)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
+        event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
+              cached=out.cached, width=out.width, height=out.height,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
+        return embed_response(request.request_id, width=out.width, height=out.height,
+                              image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _release(self, request: ReleaseRequest, arrived: float) -> dict[str, Any]:
+        released = self.worker.release(request.image_id)
+        event(log, "Image released", requestId=request.request_id, imageId=request.image_id,
+              released=released)
+        return release_response(request.request_id, image_id=request.image_id, released=released)
+
+    async def _info(self, request: Request, arrived: float) -> dict[str, Any]:
+        cfg, stats, engine = self.config, self.worker.cache_stats(), self.engine
+        info: dict[str, Any] = {
+            "requestId": request.request_id, "ok": True, "protocol": PROTOCOL_VERSION,
+            **engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
+            "cache": {"capacityBytes": cfg.cache_bytes, "bytes": stats.bytes,
+                      "entries": stats.entries, "hits": stats.hits, "misses": stats.misses,
+                      "evictions": stats.evictions},
+            "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
+            "limits": {"maxFrameBytes": cfg.max_frame_bytes,
+                       "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
+                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
+        }
+        if engine.weights == "dummy":
+            info["warning"] = DUMMY_WARNING
+        return info
+
+
+_REQUEST_ID = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.){1,256}")')
+
+
+def _peek_request_id(payload: bytes) -> str | None:
+    """The ``requestId`` of an unparsed payload, found without parsing it (for refusing a
+    frame before parsing): the string after the first ``"requestId"`` key, or None."""
+    at = payload.find(b'"requestId"')
+    match = _REQUEST_ID.match(payload, at + len(b'"requestId"')) if at >= 0 else None
+    if match is None:
+        return None
+    try:
+        rid = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return rid if isinstance(rid, str) and rid else None
