@@ -1,32 +1,30 @@
-"""The inference worker: one dedicated thread that owns the model and the embedding cache.
+"""The inference worker: the model's jobs on one dedicated thread, with the embedding cache.
 
 Everything slow for one request (base64 and image decoding, image encoding, mask
 prediction) runs on that thread, so the asyncio loop never blocks and
 SAM2's predictor, which keeps the current image's embedding as state, is only ever touched
-by one thread. Jobs wait in a bounded queue (``max_queue``; beyond it :class:`Busy` at
-once), each with a deadline (:class:`RequestTimeout`); a job whose client has gone is
-dropped before it starts, and one already running is finished and its result discarded.
+by one thread. The thread, its bounded queue, deadlines and shutdown are
+:class:`~sam2_service.daemon.jobs.InferenceThread`'s; this module holds the jobs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from ..wire.codecs import compute_image_id, decode_base64
-from ..wire.errors import Busy, OutOfMemory, RequestTimeout, ServiceError, ShuttingDown, UnknownImage
+from ..wire.errors import OutOfMemory, UnknownImage
 from ..wire.schema import EmbedRequest, SegmentRequest
 from .cache import CacheStats, EmbeddingCache
 from .engine import Embedding, Engine
 from .imaging import decode_image
+from .jobs import InferenceThread
 from .prompts import check_size, validate
 
 T = TypeVar("T")
@@ -73,24 +71,11 @@ class EmbedOutcome:
     timings: dict[str, float]
 
 
-@dataclass(eq=False)
-class _Job:
-    fn: Callable[[], Any]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    deadline: float  # time.monotonic() seconds
-    state: str = "waiting"  # -> running | dropped
-    submitted: float = field(default_factory=time.perf_counter)
-    started: float = 0.0
-    #: The failure's traceback as raised on the inference thread (not the loop's frames).
-    thread_tb: Any = None
-
-
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
-class InferenceWorker:
+class InferenceWorker(InferenceThread):
     """Runs jobs on the model's single thread, in arrival order.
 
     Every torch call of the daemon, model loading included (:meth:`load`), runs on this one
@@ -110,166 +95,9 @@ class InferenceWorker:
                  max_queue: int = 8) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
-        self.max_queue = max_queue
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
         self._cache_lock = threading.Lock()  # the loop thread releases entries too
-        self._cond = threading.Condition()
-        self._queue: deque[_Job] = deque()
-        self._waiting = 0
-        self._closed = False
-        self._running: _Job | None = None
-        #: ``time.monotonic()`` at which the queue was closed (shutdown began); None before.
-        self.closed_at: float | None = None
-        #: ``time.monotonic()`` at which the running job started; None when idle (watchdog).
-        self.running_since: float | None = None
-        self._thread = threading.Thread(target=self._run, name="sam2-inference", daemon=True)
-        self._thread.start()
-
-    # -- the inference thread --------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                job = self._queue.popleft()
-                if job.state != "waiting":
-                    continue
-                job.state = "running"
-                self._waiting -= 1
-                self._running = job
-            job.started = time.perf_counter()
-            self.running_since = time.monotonic()
-            try:
-                if time.monotonic() > job.deadline:
-                    raise RequestTimeout("the request waited longer than the request timeout "
-                                         "for the model")
-                outcome: tuple[bool, Any] = (True, job.fn())
-            except BaseException as exc:  # handed to the awaiting coroutine
-                job.thread_tb = exc.__traceback__
-                outcome = (False, exc)
-            with self._cond:
-                self._running = None
-            self.running_since = None
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, outcome)
-            except RuntimeError:  # the loop has closed (shutdown): nobody waits any more
-                pass
-            del job, outcome  # hold no request (its image) until the next job comes
-
-    # -- the event loop's side ---------------------------------------------------------------
-    @property
-    def waiting(self) -> int:
-        """Jobs accepted and not yet started."""
-        return self._waiting
-
-    @property
-    def alive(self) -> bool:
-        """True while the inference thread runs."""
-        return self._thread.is_alive()
-
-    async def call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
-        """Run ``fn(*args)`` on the inference thread and await its result.
-
-        Args:
-            deadline: ``time.monotonic()`` by which the result must be here, or None.
-
-        Raises:
-            Busy: ``max_queue`` jobs already wait.
-            ShuttingDown: the worker is closed, or was closed while the job waited.
-            RequestTimeout: the deadline passed (a running job is finished, its result dropped).
-            asyncio.CancelledError: the caller was cancelled (its job is dropped likewise).
-        """
-        loop = asyncio.get_running_loop()
-        job = _Job(functools.partial(fn, *args), loop.create_future(), loop,
-                   float("inf") if deadline is None else deadline)
-        with self._cond:
-            if self._closed:
-                raise ShuttingDown("the daemon is shutting down")
-            if self._waiting >= self.max_queue:
-                raise Busy(f"{self._waiting} requests already wait for the model "
-                           f"(max queue {self.max_queue}); try again shortly")
-            self._queue.append(job)
-            self._waiting += 1
-            self._cond.notify()
-        del fn, args  # the job holds them; the frame must not (see below)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except asyncio.TimeoutError:
-            self._drop(job)
-            raise RequestTimeout("no reply within the request timeout") from None
-        except asyncio.CancelledError:
-            self._drop(job)
-            raise
-        except BaseException as exc:
-            # As raised here, the traceback runs through asyncio's frames, which hold the
-            # futures, which hold this exception: a reference cycle that kept each failed
-            # request (a 60 MB image) alive until a garbage collection. Re-raise with no
-            # traceback for an expected failure, the inference thread's for a bug; and
-            # drop ``job`` from this frame, which the new traceback includes.
-            tb = None if isinstance(exc, ServiceError) else job.thread_tb
-            raise exc.with_traceback(tb)  # noqa: B904 (the same exception, re-raised)
-        finally:
-            job.fn = job.thread_tb = None  # type: ignore[assignment]
-            del job
-
-    def _drop(self, job: _Job) -> None:
-        with self._cond:
-            if job.state == "waiting":
-                job.state = "dropped"
-                self._waiting -= 1
-        job.future.cancel()
-
-    def fail_waiting(self) -> int:
-        """Close the queue: jobs not yet started get :class:`ShuttingDown`; the running
-        one goes on. Returns how many jobs were failed."""
-        with self._cond:
-            self._closed = True
-            if self.closed_at is None:
-                self.closed_at = time.monotonic()
-            jobs = [j for j in self._queue if j.state == "waiting"]
-            for job in jobs:
-                job.state = "dropped"
-            self._waiting = 0
-            self._queue.clear()
-            self._cond.notify_all()
-        for job in jobs:
-            _settle(job.future, (False, ShuttingDown("the daemon is shutting down; the "
-                                                     "request was not run")))
-        return len(jobs)
-
-    def fail_running(self, reason: str) -> bool:
-        """Answer the running job's caller now with :class:`ShuttingDown` (``reason``); the
-        job itself goes on to its end on the inference thread, its result discarded. For a
-        shutdown whose timeout has passed, so that the client gets a reply, not a bare EOF.
-        Returns False when no job runs."""
-        with self._cond:
-            job = self._running
-        if job is None:
-            return False
-        job.loop.call_soon_threadsafe(_settle, job.future, (False, ShuttingDown(reason)))
-        return True
-
-    def close(self, timeout: float = 0.0) -> bool:
-        """Close the queue (:meth:`fail_waiting`) and wait up to ``timeout`` seconds for the
-        running job, if any, to end and the thread to exit. Returns True when the thread has
-        exited. The thread is a daemon thread, so a hung inference cannot hold the process;
-        but an interpreter that finalises while it is inside torch aborts (SIGABRT,
-        "terminate called without an active exception"), so when this returns False the
-        caller must leave with ``os._exit`` (:func:`sam2_service.daemon.server.run`)."""
-        if not self._closed:
-            self.fail_waiting()
-        self._thread.join(max(0.0, timeout))
-        return not self._thread.is_alive()
-
-    def shutdown_time_left(self, shutdown_timeout: float) -> float:
-        """Seconds left of ``shutdown_timeout`` counted from when the queue was closed
-        (the start of the shutdown); the whole timeout if it has not been closed."""
-        if self.closed_at is None:
-            return shutdown_timeout
-        return max(0.0, self.closed_at + shutdown_timeout - time.monotonic())
+        super().__init__(max_queue)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def segment(self, request: SegmentRequest, deadline: float | None = None) -> SegmentOutcome:
@@ -385,14 +213,3 @@ class InferenceWorker:
             data, image_id, functools.partial(check_size, request.width, request.height), timings)
         h, w = emb.orig_hw
         return EmbedOutcome(w, h, image_id, cached, timings)
-
-
-def _settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
-    """Set ``future``'s result or exception unless its waiter has gone (cancelled)."""
-    if future.done():
-        return
-    ok, value = outcome
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)

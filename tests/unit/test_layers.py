@@ -125,3 +125,31 @@ def test_front_end_imports_leave_torch_out(modules: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"{modules} imported {out.stdout.strip()}"
+
+
+#: The size guide (issue "Layout for what comes next"): code a newcomer can read in one go.
+MAX_CLASS_LINES, MAX_FUNCTION_LINES, MAX_MODULE_LINES = 250, 50, 500
+
+
+def _oversized(source: str) -> list[str]:
+    found = []
+    if len(source.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"module: {len(source.splitlines())} lines")
+    for node in ast.walk(ast.parse(source)):
+        limit = (MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+        if limit is not None and node.end_lineno - node.lineno + 1 > limit:
+            found.append(f"{node.name} (line {node.lineno}): "
+                         f"{node.end_lineno - node.lineno + 1} lines, limit {limit}")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_classes_functions_and_modules_stay_small(path: Path) -> None:
+    assert not _oversized(path.read_text())
+
+
+def test_the_size_check_can_fail() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert _oversized(f"def f():\n{body}\n") == [
+        f"f (line 1): {MAX_FUNCTION_LINES + 1} lines, limit {MAX_FUNCTION_LINES}"]
