@@ -172,3 +172,40 @@ def test_limits_and_conflicts(ask):
     assert both["code"] == "invalid_request" and "points cannot be combined" in both["error"]
     bad_box = ask(boxes=[box, {"x1": 5, "y1": 5, "x2": 1, "y2": 9}])
     assert bad_box["code"] == "invalid_request" and "boxes[1]" in bad_box["error"]
+
+
+def test_client_and_cli_use_every_option(daemon, image, tmp_path, capsys):
+    from sam2_service import cli
+
+    with Client(daemon.socket_path) as client:
+        raw = client.segment(image, bbox=(100, 50, 400, 300))
+        masks = {enc: client.segment(image, bbox=(100, 50, 400, 300), encoding=enc)
+                 for enc in ("raw", "rle", "png")}
+        multi = client.segment(image, bbox=(100, 50, 400, 300), multimask=True, encoding="rle")
+        boxes = client.segment(image, boxes=[(100, 50, 400, 300), (0, 0, 250, 200)],
+                               encoding="png")
+        refined = client.segment(image, points=[(300, 200), (320, 120, 0)], encoding="rle",
+                                 mask_input=multi.mask_id)
+    assert raw.mask_id is None
+    for enc, result in masks.items():
+        assert result.mask.dtype == np.uint8 and np.array_equal(result.mask, raw.mask), enc
+        assert result.mask_id
+    assert len(multi.candidates) == 3 and np.array_equal(multi.mask, multi.candidates[0].mask)
+    assert [c.score for c in multi.candidates] == sorted((c.score for c in multi.candidates),
+                                                         reverse=True)
+    assert len(boxes.masks) == 2
+    assert np.array_equal(boxes.mask, np.maximum(boxes.masks[0].mask, boxes.masks[1].mask))
+    assert refined.mask_id and refined.mask_id != multi.mask_id
+    path = tmp_path / "coffee.png"
+    path.write_bytes(image)
+    out = tmp_path / "mask.png"
+    code = cli.main(["segment", "--socket", daemon.socket_path, "--image", str(path),
+                     "--encoding", "rle", "--box", "100,50,400,300", "--box", "-10,0,250,200",
+                     "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "maskId=m" in printed and "box[1] score=" in printed
+    assert np.array_equal(np.asarray(Image.open(out)) > 0, boxes.mask > 0)
+    code = cli.main(["segment", "--socket", daemon.socket_path, "--image", str(path),
+                     "--multimask", "--bbox", "100,50,400,300", "--mask-input", "m" + "0" * 32])
+    assert code == 1 and "unknown_mask" in capsys.readouterr().err
