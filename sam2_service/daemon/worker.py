@@ -428,7 +428,7 @@ class InferenceWorker:
                 keep.append((top_id, out.logits[best]))
         with self._cache_lock:
             for mask_id, lg in keep:
-                self.logits.put(mask_id, image_id, model, np.ascontiguousarray(lg[None]))
+                self.logits.put(mask_id, image_id, model, lg[None].copy())  # not a view
         h, w = emb.orig_hw
         return SegmentOutcome(
             width=w, height=h, mask=top, score=score,

@@ -209,3 +209,17 @@ def test_client_and_cli_use_every_option(daemon, image, tmp_path, capsys):
     code = cli.main(["segment", "--socket", daemon.socket_path, "--image", str(path),
                      "--multimask", "--bbox", "100,50,400,300", "--mask-input", "m" + "0" * 32])
     assert code == 1 and "unknown_mask" in capsys.readouterr().err
+
+
+def test_async_client_takes_the_options(daemon, image):
+    import asyncio
+
+    from sam2_service.client import AsyncClient
+
+    async def main():
+        async with AsyncClient(daemon.socket_path) as client:
+            return await client.segment(image, bbox=(100, 50, 400, 300), encoding="png",
+                                        multimask=True)
+
+    result = asyncio.run(main())
+    assert result.mask.shape == (H, W) and len(result.candidates) == 3 and result.mask_id
