@@ -387,6 +387,8 @@ class InferenceWorker:
             data = decode_base64(request.image_base64)
             image_id = compute_image_id(data)
             timings["decode"] = _ms(started)
+            if request.mask_input is not None:  # fail before a costly image encoding
+                self._mask_logits(request.mask_input, image_id)
             emb, cached, prompts = self._embedding(data, image_id, check, timings)
         if request.extended:
             return self._extended(request, emb, prompts, image_id, cached, timings)
@@ -406,13 +408,8 @@ class InferenceWorker:
         whose logits are the element-wise maximum of theirs (> 0 exactly on the union)."""
         model = self.engine.model_id
         if request.mask_input is not None:
-            with self._cache_lock:
-                logits = self.logits.get(request.mask_input, image_id, model)
-            if logits is None:
-                raise UnknownMask(f"maskInput {request.mask_input[:40]!r} names no kept mask of "
-                                  "this image (unknown, evicted, released, or from another "
-                                  "image): send the request without it", field="maskInput")
-            prompts = dataclasses.replace(prompts, mask_input=logits)
+            prompts = dataclasses.replace(
+                prompts, mask_input=self._mask_logits(request.mask_input, image_id))
         out = self.engine.predict_all(emb, prompts)
         timings["predict"] = out.predict_ms
         entries, keep = self._entries(request, out)
@@ -436,6 +433,20 @@ class InferenceWorker:
             timings=timings, mask_id=top_id,
             candidates=tuple(entries) if request.multimask else (),
             box_masks=tuple(entries) if request.boxes else ())
+
+    def _mask_logits(self, mask_id: str, image_id: str) -> np.ndarray:
+        """The kept 1x256x256 logits of ``mask_id`` made on ``image_id`` by this engine.
+
+        Raises:
+            UnknownMask: none such (unknown, evicted, released, or another image's).
+        """
+        with self._cache_lock:
+            logits = self.logits.get(mask_id, image_id, self.engine.model_id)
+        if logits is None:
+            raise UnknownMask(f"maskInput {mask_id[:40]!r} names no kept mask of this image "
+                              "(unknown, evicted, released, or from another image): send the "
+                              "request without it", field="maskInput")
+        return logits
 
     @staticmethod
     def _entries(request: SegmentRequest, out: MaskSet) -> tuple[list, list]:

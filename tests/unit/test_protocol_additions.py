@@ -212,6 +212,13 @@ def test_mask_input_passes_the_kept_logits_or_is_unknown_mask():
         assert reply["code"] == "unknown_mask" and "maskInput" in reply["error"], reply
 
 
+def test_unknown_mask_fails_before_encoding_a_new_image():
+    _, text = png(9)
+    engine = FakeEngine()
+    (reply,) = answer([seg(imageBase64=text, bbox=BOX, maskInput="m" + "1" * 32)], engine)
+    assert reply["code"] == "unknown_mask" and engine.embeds == 0
+
+
 def test_evicted_mask_is_unknown_mask():
     img, text = png(8)
     replies = converse([
