@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point", type=_point, action="append", default=[],
                      help="point x,y[,label] in pixels; label 1 foreground (default), 0 background; "
                           "repeatable")
+    seg.add_argument("--box", type=_bbox, action="append", default=None, dest="boxes",
+                     help="box x1,y1,x2,y2 of a batched box prompt, repeatable: one mask per "
+                          "box, the mask written is their union (not with --bbox or --point)")
+    seg.add_argument("--encoding", choices=("raw", "rle", "png"),
+                     help="mask encoding on the wire (default: raw, protocol v1's maskBase64)")
+    seg.add_argument("--multimask", action="store_true",
+                     help="ask for SAM2's three candidate masks (printed with their scores)")
+    seg.add_argument("--mask-input", metavar="MASKID",
+                     help="refine the mask of an earlier reply on this image (its maskId)")
     seg.add_argument("--output", type=Path, help="write the mask here as a PNG (0/255)")
     seg.add_argument("--overlay", type=Path,
                      help="write the image with the mask, box and points drawn on it here (PNG)")
@@ -115,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Options whose value may start with "-" (a negative coordinate, documented as ``--bbox
 #: -50,-50,100,100``). argparse takes such a value for an option and fails with "expected one
 #: argument": its negative-number exception covers a single number ("-5"), not a list.
-_COORDINATE_OPTIONS = ("--bbox", "--point")
+_COORDINATE_OPTIONS = ("--bbox", "--point", "--box")
 _NEGATIVE_VALUE = re.compile(r"-\.?\d")
 
 
@@ -239,7 +248,9 @@ def _client_command(ns: argparse.Namespace) -> int:
                     print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
                 return 0
             t0 = time.perf_counter()
-            result = client.segment(ns.image, bbox=ns.bbox, points=ns.point)
+            result = client.segment(ns.image, bbox=ns.bbox, points=ns.point,
+                                    encoding=ns.encoding, multimask=ns.multimask,
+                                    boxes=ns.boxes, mask_input=ns.mask_input)
             round_trip = (time.perf_counter() - t0) * 1000
     except RequestFailed as exc:
         print(f"sam2-service: request failed: {exc.code}: {exc.message}", file=sys.stderr)
@@ -251,11 +262,23 @@ def _client_command(ns: argparse.Namespace) -> int:
     coverage = float((result.mask > 0).mean()) * 100
     print(f"score={result.score:.4f} inferenceTimeMs={result.inference_time_ms:.1f} "
           f"roundTripMs={round_trip:.1f} mask={w}x{h} coverage={coverage:.1f}%")
+    _print_extended(result)
     if ns.output is not None and _write_mask(ns.output, result.mask) != 0:
         return 1
     if ns.overlay is not None:
         return _write_overlay(ns, result.mask)
     return 0
+
+
+def _print_extended(result: Any) -> None:
+    """The issue 13 parts of a reply, if any: its maskId and each candidate's or box's."""
+    if result.mask_id is not None:
+        print(f"maskId={result.mask_id}")
+    for name, entries in (("candidate", result.candidates), ("box", result.masks)):
+        for i, entry in enumerate(entries):
+            coverage = float((entry.mask > 0).mean()) * 100
+            print(f"{name}[{i}] score={entry.score:.4f} coverage={coverage:.1f}% "
+                  f"maskId={entry.mask_id}")
 
 
 def _write_mask(path: Path, mask: Any) -> int:

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from sam2_service.daemon.engine import Embedding, Engine, MaskResult
+from sam2_service.daemon.engine import Embedding, Engine, MaskResult, MaskSet
 
 MODEL = ("tiny", "fake", "float32", "cpu")
 
@@ -47,6 +47,29 @@ class FakeEngine:
         x1, y1, x2, y2 = (int(v) for v in prompts.box)
         mask[y1:y2, x1:x2] = emb.features["image"][y1:y2, x1:x2, 0] > 127
         return MaskResult(mask, 0.5, 1.0)
+
+    def predict_all(self, emb: Embedding, prompts) -> MaskSet:
+        """Issue 13: one "pixel > 127 inside the box" mask per box row; with
+        ``multimask_output`` three masks (the box mask, its complement, empty) scored 0.5,
+        0.9, 0.7; logits are +1 on the mask's 256x256 nearest-neighbour image, -1 elsewhere.
+        Records the ``mask_input`` it was given in :attr:`mask_inputs`."""
+        self.predicts += 1
+        self.mask_inputs = getattr(self, "mask_inputs", []) + [prompts.mask_input]
+        boxes = np.asarray(prompts.box, dtype=np.float32).reshape(-1, 4)
+        masks = []
+        for box in boxes:
+            mask = np.zeros(emb.orig_hw, dtype=bool)
+            x1, y1, x2, y2 = (int(v) for v in box)
+            mask[y1:y2, x1:x2] = emb.features["image"][y1:y2, x1:x2, 0] > 127
+            masks.append(mask)
+        scores = [0.5] * len(masks)
+        if prompts.multimask_output:
+            masks, scores = [masks[0], ~masks[0], np.zeros_like(masks[0])], [0.5, 0.9, 0.7]
+        h, w = emb.orig_hw
+        rows, cols = np.arange(256) * h // 256, np.arange(256) * w // 256
+        logits = np.stack([np.where(m[rows][:, cols], 1.0, -1.0) for m in masks])
+        return MaskSet(np.stack(masks), np.asarray(scores, np.float32),
+                       logits.astype(np.float32), 1.0)
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:

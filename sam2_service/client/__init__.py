@@ -12,6 +12,7 @@ from .core import (
                    ImageInput,
                    ImageMemo,
                    ImageRef,
+                   MaskCandidate,
                    PointInput,
                    PreparedImage,
                    RequestFailed,
@@ -27,6 +28,7 @@ from .core import (
 from .sync import Client
 
 __all__ = ["AsyncClient", "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef",
+           "MaskCandidate",
            "PointInput", "PreparedImage", "RequestFailed", "SegmentResult", "build_embed_request",
            "build_segment_request", "check_response", "default_socket_path", "encode_image_input",
            "parse_segment_response", "prepare_image"]

@@ -127,13 +127,17 @@ class AsyncClient:
 
     async def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
                       points: Iterable[PointInput] = (), request_id: str | None = None,
-                      reuse: bool = True) -> SegmentResult:
+                      reuse: bool = True, encoding: str | None = None, multimask: bool = False,
+                      boxes: Iterable[Sequence[float]] | None = None,
+                      mask_input: str | None = None) -> SegmentResult:
         """:meth:`Client.segment <.sync.Client.segment>` as a coroutine; PNG encoding and
         hashing run in a thread."""
         prepared = (image if isinstance(image, ImageRef)
                     else await asyncio.to_thread(self.memo.prepare, image))
         return await self._drive(segment_steps(self.memo, prepared, reuse=reuse, bbox=bbox,
-                                               points=points, request_id=request_id))
+                                               points=points, request_id=request_id,
+                                               encoding=encoding, multimask=multimask,
+                                               boxes=boxes, mask_input=mask_input))
 
     async def embed(self, image: str | os.PathLike | bytes | np.ndarray,
                     request_id: str | None = None) -> ImageRef:

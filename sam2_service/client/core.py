@@ -22,7 +22,7 @@ import numpy as np
 import pybase64
 from PIL import Image
 
-from ..wire.codecs import compute_image_id, decode_mask, encode_png, image_size
+from ..wire.codecs import compute_image_id, decode_any_mask, encode_png, image_size
 from ..wire.errors import ImageDecodeError, ServiceError
 from ..wire.frames import DEFAULT_SOCKET, decode_message
 from ..wire.peer import peer_allowed
@@ -80,6 +80,21 @@ class RequestFailed(ClientError):
 
 
 @dataclass(frozen=True)
+class MaskCandidate:
+    """One entry of a reply's ``candidates`` (``multimask``) or ``masks`` (``boxes``).
+
+    Attributes:
+        score: SAM2's IoU prediction for the mask.
+        mask: (H, W) uint8, 0 background / 255 foreground, whatever the wire encoding.
+        mask_id: its ``maskId``: pass it as ``mask_input`` to refine this mask.
+    """
+
+    score: float
+    mask: np.ndarray
+    mask_id: str | None
+
+
+@dataclass(frozen=True)
 class SegmentResult:
     """A mask from the daemon.
 
@@ -88,7 +103,10 @@ class SegmentResult:
         mask: (H, W) uint8, 0 background / 255 foreground, row 0 at the top.
         score: SAM2's IoU prediction for the mask.
         inference_time_ms: the daemon's time for the request, ms.
-        response: the whole reply without ``maskBase64``.
+        response: the whole reply without its mask payloads (``maskBase64``, ``maskRle``,
+            ``maskPng``, ``candidates``, ``masks``).
+        candidates: with ``multimask``: SAM2's three masks, best first.
+        masks: with ``boxes``: one mask per box, in request order (``mask`` is their union).
     """
 
     request_id: str
@@ -96,6 +114,14 @@ class SegmentResult:
     score: float
     inference_time_ms: float
     response: dict[str, Any]
+    candidates: tuple[MaskCandidate, ...] = ()
+    masks: tuple[MaskCandidate, ...] = ()
+
+    @property
+    def mask_id(self) -> str | None:
+        """The reply's ``maskId`` (extended replies only): pass it as ``mask_input`` to refine
+        this mask on the same image."""
+        return self.response.get("maskId")
 
     @property
     def image_id(self) -> str | None:
@@ -157,14 +183,22 @@ def prepare_image(image: str | os.PathLike | bytes | np.ndarray) -> PreparedImag
 def build_segment_request(image: ImageInput | PreparedImage, *,
                           bbox: Sequence[float] | None = None,
                           points: Iterable[PointInput] = (),
-                          request_id: str | None = None) -> dict[str, Any]:
-    """A protocol v1 segment request.
+                          request_id: str | None = None,
+                          encoding: str | None = None, multimask: bool = False,
+                          boxes: Iterable[Sequence[float]] | None = None,
+                          mask_input: str | None = None) -> dict[str, Any]:
+    """A protocol v1 segment request, with issue 13's options when given.
 
     Args:
         image: see :func:`encode_image_input`; an :class:`ImageRef` is sent as ``imageId``.
         bbox: (x1, y1, x2, y2) in pixels, XYXY.
         points: (x, y) or (x, y, label) in pixels; label 1 foreground (default), 0 background.
         request_id: defaults to a fresh one.
+        encoding: ``maskEncoding``: ``"raw"``, ``"rle"`` or ``"png"``; None sends none (any
+            option makes the reply the extended one, with ``maskId``).
+        multimask: ask for SAM2's three candidates.
+        boxes: (x1, y1, x2, y2) boxes, XYXY pixels, for SAM2's batched box prompt.
+        mask_input: a ``maskId`` of an earlier reply on the same image, to refine.
     """
     msg: dict[str, Any] = {"requestId": request_id or f"cli-{os.urandom(6).hex()}"}
     if isinstance(image, ImageRef):
@@ -179,6 +213,21 @@ def build_segment_request(image: ImageInput | PreparedImage, *,
            for p in points]
     if pts:
         msg["points"] = pts
+    return _add_options(msg, encoding, multimask, boxes, mask_input)
+
+
+def _add_options(msg: dict[str, Any], encoding: str | None, multimask: bool,
+                 boxes: Iterable[Sequence[float]] | None, mask_input: str | None
+                 ) -> dict[str, Any]:
+    """``msg`` with the issue 13 fields that were given (none: ``msg`` unchanged)."""
+    if encoding is not None:
+        msg["maskEncoding"] = encoding
+    if multimask:
+        msg["multimask"] = True
+    if boxes is not None:
+        msg["boxes"] = [dict(zip(("x1", "y1", "x2", "y2"), map(float, b))) for b in boxes]
+    if mask_input is not None:
+        msg["maskInput"] = mask_input
     return msg
 
 
@@ -260,12 +309,22 @@ def parse_segment_response(response: dict[str, Any]) -> SegmentResult:
     """
     check_response(response)
     try:
-        mask = decode_mask(response["maskBase64"], response["maskWidth"], response["maskHeight"])
-    except (KeyError, ValueError) as exc:
+        width, height = response["maskWidth"], response["maskHeight"]
+        mask = decode_any_mask(response, width, height)
+        entries = {key: tuple(MaskCandidate(float(e["score"]), decode_any_mask(e, width, height),
+                                            e.get("maskId"))
+                              for e in response.get(key) or ())
+                   for key in ("candidates", "masks")}
+    except (KeyError, ValueError, TypeError) as exc:
         raise ClientError(f"malformed segment reply: {exc}") from None
-    rest = {k: v for k, v in response.items() if k != "maskBase64"}
+    rest = {k: v for k, v in response.items() if k not in _MASK_PAYLOADS}
     return SegmentResult(str(response["requestId"]), mask, float(response.get("score", 0.0)),
-                         float(response.get("inferenceTimeMs", 0.0)), rest)
+                         float(response.get("inferenceTimeMs", 0.0)), rest,
+                         entries["candidates"], entries["masks"])
+
+
+#: Reply keys that carry masks: decoded into :class:`SegmentResult`, not kept in ``response``.
+_MASK_PAYLOADS = frozenset({"maskBase64", "maskRle", "maskPng", "candidates", "masks"})
 
 
 def decode_reply(payload: bytes) -> dict[str, Any]:
@@ -286,16 +345,18 @@ Steps = Generator[dict[str, Any], dict[str, Any], Any]
 
 def segment_steps(memo: ImageMemo, image: ImageRef | PreparedImage, *, reuse: bool = True,
                   bbox: Sequence[float] | None = None, points: Iterable[PointInput] = (),
-                  request_id: str | None = None) -> Steps:
+                  request_id: str | None = None, **options: Any) -> Steps:
     """The segment exchange, as a generator: yields each request (a dict) and is sent its
     reply; returns the :class:`SegmentResult`.
 
     With ``reuse``, an image ``memo`` knows goes as its ``imageId`` first; an ``unknown_image``
     reply makes it forget the id and yields the full image. An :class:`ImageRef` is always sent
-    by id (``unknown_image`` then raises). Raises what :func:`parse_segment_response` raises.
+    by id (``unknown_image`` then raises). ``options`` are :func:`build_segment_request`'s
+    issue 13 keywords (``encoding``, ``multimask``, ``boxes``, ``mask_input``). Raises what
+    :func:`parse_segment_response` raises.
     """
     points = list(points)  # may be sent twice
-    kw: dict[str, Any] = dict(bbox=bbox, points=points, request_id=request_id)
+    kw: dict[str, Any] = dict(bbox=bbox, points=points, request_id=request_id, **options)
     if isinstance(image, ImageRef):
         return parse_segment_response((yield build_segment_request(image, **kw)))
     if reuse and memo.known(image.image_id):

@@ -118,12 +118,21 @@ class Client:
 
     def segment(self, image: ImageInput, *, bbox: Sequence[float] | None = None,
                 points: Iterable[PointInput] = (), request_id: str | None = None,
-                reuse: bool = True) -> SegmentResult:
+                reuse: bool = True, encoding: str | None = None, multimask: bool = False,
+                boxes: Iterable[Sequence[float]] | None = None,
+                mask_input: str | None = None) -> SegmentResult:
         """Segment ``image`` with a box and/or points (see :func:`~.core.build_segment_request`).
 
         With ``reuse``, an image this client has sent before goes as its ``imageId``; if
         the daemon no longer has it (``unknown_image``) the image is resent at once. An
         :class:`~.core.ImageRef` is always sent by id (``unknown_image`` then raises).
+
+        Issue 13 options (docs/protocol.md, "Protocol additions"; any of them makes the reply
+        carry ``maskId``, :attr:`~.core.SegmentResult.mask_id`): ``encoding`` the wire encoding
+        (``"raw"``, ``"rle"``, ``"png"``; the mask is decoded to the same (H, W) uint8 array
+        whichever), ``multimask`` SAM2's three candidates in ``result.candidates``, ``boxes``
+        a batched box prompt (one mask per box in ``result.masks``; ``mask`` is their union),
+        ``mask_input`` the ``maskId`` of an earlier mask on this image to refine.
 
         Raises:
             RequestFailed: an error reply (``.code``, ``.message``, ``.request_id``).
@@ -131,7 +140,9 @@ class Client:
         """
         prepared = image if isinstance(image, ImageRef) else self.memo.prepare(image)
         return self._drive(segment_steps(self.memo, prepared, reuse=reuse, bbox=bbox,
-                                         points=points, request_id=request_id))
+                                         points=points, request_id=request_id, encoding=encoding,
+                                         multimask=multimask, boxes=boxes,
+                                         mask_input=mask_input))
 
     def embed(self, image: str | os.PathLike | bytes | np.ndarray,
               request_id: str | None = None) -> ImageRef:

@@ -105,3 +105,57 @@ class EmbeddingCache(Generic[V]):
         item = self._entries.pop(key, None)
         if item is not None:
             self._bytes -= item[1]
+
+
+class LogitsCache:
+    """SAM2's low-resolution mask logits of recent replies, by ``maskId`` (issue 13's
+    refinement): an LRU of at most ``entries`` entries, each tied to its image and model, so
+    that a ``maskInput`` naming a mask of another image or model is not found.
+
+    An entry is a 1x256x256 float32 array (256 KiB; SAM2's ``low_res_masks`` for one mask,
+    clamped to [-32, 32] by ``SAM2ImagePredictor._predict``), kept in host memory. Not
+    thread-safe: the inference thread looks entries up and adds them, the loop thread
+    releases them; :class:`sam2_service.daemon.worker.InferenceWorker` holds its cache lock
+    around every call.
+
+    Args:
+        entries: the most entries kept; 0 keeps none (every ``maskInput`` is unknown).
+    """
+
+    def __init__(self, entries: int) -> None:
+        if entries < 0:
+            raise ValueError(f"entries must be >= 0, got {entries}")
+        self.entries = entries
+        self._items: OrderedDict[str, tuple[str, Hashable, object]] = OrderedDict()
+
+    def put(self, mask_id: str, image_id: str, model: Hashable, logits: object) -> None:
+        """Keep ``logits`` under ``mask_id`` as the most recent entry, evicting the oldest."""
+        if self.entries == 0:
+            return
+        self._items[mask_id] = (image_id, model, logits)
+        self._items.move_to_end(mask_id)
+        while len(self._items) > self.entries:
+            self._items.popitem(last=False)
+
+    def get(self, mask_id: str, image_id: str, model: Hashable) -> object | None:
+        """The logits of ``mask_id`` if they were made on ``image_id`` by ``model``, else None;
+        a hit makes the entry the most recent."""
+        item = self._items.get(mask_id)
+        if item is None or item[0] != image_id or item[1] != model:
+            return None
+        self._items.move_to_end(mask_id)
+        return item[2]
+
+    def release(self, image_id: str) -> int:
+        """Drop every entry of ``image_id``; returns how many were dropped."""
+        keys = [k for k, v in self._items.items() if v[0] == image_id]
+        for key in keys:
+            del self._items[key]
+        return len(keys)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -138,6 +138,14 @@ class ServiceConfig:
                                       "frames larger than this (KiB) are checked for too many "
                                       "values before parsing, and parsed on a thread",
                                       type=int, scale=2**10)
+    max_boxes: int = _setting(64, "--max-boxes", "SAM2_SERVICE_MAX_BOXES",
+                              "most boxes in one segment request's batched box prompt "
+                              "(boxes)", type=int)
+    logits_cache_entries: int = _setting(256, "--logits-cache-entries",
+                                         "SAM2_SERVICE_LOGITS_CACHE_ENTRIES",
+                                         "masks whose 256x256 low-resolution logits are kept "
+                                         "for refinement (maskInput), 256 KiB each in host "
+                                         "memory; 0 keeps none", type=int)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -163,6 +171,10 @@ class ServiceConfig:
                              "must fit (raise --max-buffered-mb with --max-frame-mb)")
         if self.cache_bytes < 0:
             raise ValueError("cache_bytes must be 0 (off) or positive")
+        if self.max_boxes <= 0:
+            raise ValueError("max_boxes must be positive")
+        if self.logits_cache_entries < 0:
+            raise ValueError("logits_cache_entries must be 0 (keep none) or positive")
 
     @property
     def model_config(self) -> str:

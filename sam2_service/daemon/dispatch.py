@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
-from ..wire.codecs import encode_mask
+from ..wire.codecs import MASK_ENCODINGS, encode_mask, encode_mask_as
 from ..wire.errors import InvalidRequest, ServiceError
 from ..wire.frames import decode_message
 from ..wire.schema import (
@@ -33,6 +33,8 @@ from ..wire.schema import (
     SegmentRequest,
     embed_response,
     error_response,
+    extended_segment_response,
+    mask_entry,
     new_request_id,
     parse_request,
     ping_response,
@@ -43,7 +45,7 @@ from ..wire.schema import (
 from .config import ServiceConfig
 from .engine import Engine
 from .logs import event
-from .worker import InferenceWorker
+from .worker import InferenceWorker, SegmentOutcome
 
 log = logging.getLogger("sam2_service.server")
 
@@ -52,8 +54,12 @@ DUMMY_WARNING = "DUMMY WEIGHTS: random-init model loaded with --dummy-weights; m
 #: :func:`encode_mask` of a 1920x1080 mask took 1.2 ms on the 2-core development machine.
 MASK_THREAD_PIXELS = 512 * 512
 
-#: Commas a large request may hold besides its points' (top-level fields, bbox, a data URL).
+#: Commas a large request may hold besides its points' and boxes' (top-level fields, bbox,
+#: a data URL).
 MAX_OTHER_COMMAS = 64
+
+#: What ``info`` lists as supported beyond protocol v1 (issue 13; docs/protocol.md).
+FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId")
 
 Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
 
@@ -106,7 +112,8 @@ class Dispatcher:
             else:
                 obj = decode_message(payload)
             request_id = read_request_id(obj)
-            request = parse_request(obj, max_points=self.config.max_points)
+            request = parse_request(obj, max_points=self.config.max_points,
+                                    max_boxes=self.config.max_boxes)
             return await self.handlers[obj.get("op", "segment")](request, arrived)
         except ServiceError as exc:
             return self.error(request_id or new_request_id(), exc)
@@ -133,14 +140,15 @@ class Dispatcher:
             The error to answer with (``field`` is ``points``), or None if the frame may be
             parsed.
         """
-        limit = 4 * self.config.max_points + MAX_OTHER_COMMAS
+        limit = 4 * self.config.max_points + 4 * self.config.max_boxes + MAX_OTHER_COMMAS
         commas = int(np.count_nonzero(np.frombuffer(payload, dtype=np.uint8) == ord(",")))
         if commas <= limit:
             return None
         return InvalidRequest(
                 f"a request frame over --json-thread-kb ({self.config.json_thread_bytes} bytes) "
             f"may hold at most {limit} commas (4 per point for --max-points "
-            f"{self.config.max_points}, plus {MAX_OTHER_COMMAS}); this one holds {commas}, "
+            f"{self.config.max_points}, 4 per box for --max-boxes {self.config.max_boxes}, plus "
+            f"{MAX_OTHER_COMMAS}); this one holds {commas}, "
             "so it was not parsed", field="points")
 
     def error(self, request_id: str, exc: ServiceError) -> dict[str, Any]:
@@ -159,6 +167,8 @@ class Dispatcher:
               imageChars=len(request.image_base64 or ""), imageId=request.image_id)
         out = await self.worker.segment(request, arrived + self.config.request_timeout)
         t0 = time.perf_counter()
+        if request.extended:
+            return await self._segment_extended(request, out, arrived, t0)
         if out.mask.size > MASK_THREAD_PIXELS:
             mask_base64 = await asyncio.to_thread(encode_mask, out.mask)
         else:
@@ -173,6 +183,32 @@ class Dispatcher:
         return segment_response(request.request_id, width=out.width, height=out.height,
                                 mask_base64=mask_base64, score=out.score,
                                 image_id=out.image_id, cached=out.cached, timings=timings)
+
+    async def _segment_extended(self, request: SegmentRequest, out: SegmentOutcome,
+                                arrived: float, t0: float) -> dict[str, Any]:
+        """The reply to a segment request with issue 13's options: every mask encoded in
+        ``maskEncoding`` (on a thread when they add up to more than
+        :data:`MASK_THREAD_PIXELS`), with its score and ``maskId``."""
+        pixels = out.mask.size * (1 + len(out.candidates) + len(out.box_masks))
+        if pixels > MASK_THREAD_PIXELS:
+            top, candidates, masks = await asyncio.to_thread(_encode_outcome, out,
+                                                             request.mask_encoding)
+        else:
+            top, candidates, masks = _encode_outcome(out, request.mask_encoding)
+        timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
+        timings["total"] = (time.monotonic() - arrived) * 1000
+        event(log, "Inference complete", requestId=request.request_id,
+              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
+              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
+              width=out.width, height=out.height, maskEncoding=request.mask_encoding,
+              masks=len(out.candidates) + len(out.box_masks), maskInput=request.mask_input,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
+        assert out.mask_id is not None
+        return extended_segment_response(
+            request.request_id, width=out.width, height=out.height,
+            encoding=request.mask_encoding, mask=top, score=out.score, mask_id=out.mask_id,
+            image_id=out.image_id, cached=out.cached, timings=timings,
+            candidates=candidates, masks=masks)
 
     async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
         out = await self.worker.embed(request, arrived + self.config.request_timeout)
@@ -202,9 +238,25 @@ class Dispatcher:
                        "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
                        "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
         }
+        info["maskEncodings"] = list(MASK_ENCODINGS)
+        info["features"] = list(FEATURES)
+        info["limits"]["maxBoxes"] = cfg.max_boxes
+        info["limits"]["logitsCacheEntries"] = cfg.logits_cache_entries
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info
+
+
+def _encode_outcome(out: SegmentOutcome, encoding: str
+                    ) -> tuple[tuple[str, Any], list[dict[str, Any]] | None,
+                               list[dict[str, Any]] | None]:
+    """The top-level mask of ``out`` as ``(reply key, value)`` in ``encoding``, and its
+    ``candidates`` and ``masks`` entries (None when the request did not ask for them)."""
+    def entries(items: tuple) -> list[dict[str, Any]] | None:
+        return [mask_entry(score, encode_mask_as(mask, encoding), mask_id)
+                for mask, score, mask_id in items] if items else None
+
+    return encode_mask_as(out.mask, encoding), entries(out.candidates), entries(out.box_masks)
 
 
 _REQUEST_ID = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.){1,256}")')

@@ -45,6 +45,26 @@ class MaskResult:
 
 
 @dataclass(frozen=True, eq=False)
+class MaskSet:
+    """Every mask of one ``SAM2ImagePredictor.predict`` call, for issue 13's options.
+
+    Attributes:
+        masks: NxHxW bool, True where the mask logits are > 0; N is 3 with
+            ``multimask_output``, the number of boxes for a batched box prompt, else 1;
+            in SAM2's order (not sorted).
+        scores: N float32, SAM2's IoU predictions.
+        logits: Nx256x256 float32, SAM2's low-resolution mask logits (``low_res_masks``,
+            clamped to [-32, 32]), what ``mask_input`` takes back (as 1x256x256).
+        predict_ms: time spent in ``predict``, ms.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    predict_ms: float
+
+
+@dataclass(frozen=True, eq=False)
 class Embedding:
     """Everything ``SAM2ImagePredictor.predict`` needs about one image, as ``set_image``
     leaves it: ``features`` is ``{"image_embed": 1x256x64x64, "high_res_feats":
@@ -94,6 +114,10 @@ class Engine(Protocol):
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """True if ``exc`` is the device's out-of-memory error."""
+
+    def predict_all(self, embedding: Embedding, prompts: Prompts) -> MaskSet:
+        """Every mask SAM2 predicts for ``prompts`` (``mask_input`` and a Bx4 ``box``
+        included), with scores and low-resolution logits."""
 
     def free_memory(self) -> None:
         """Release what the device caches, after an out-of-memory error."""
@@ -307,6 +331,46 @@ class Sam2Engine:
             ms = (time.perf_counter() - t0) * 1000
         best = int(np.argmax(scores))
         return MaskResult(masks[best] > 0, float(scores[best]), ms)
+
+    def _use(self, embedding: Embedding) -> Any:
+        """The predictor with ``embedding`` put back as ``set_image`` left it (see
+        :meth:`predict`); raises InternalError for another model's embedding."""
+        if embedding.model_id != self.model_id:
+            raise InternalError(f"embedding of model {embedding.model_id} used with model "
+                                f"{self.model_id}")
+        pred = self.predictor
+        if pred._features is not embedding.features:
+            pred.reset_predictor()
+            pred._features = embedding.features
+            pred._orig_hw = [embedding.orig_hw]
+            pred._is_image_set = True
+        return pred
+
+    def predict_all(self, embedding: Embedding, prompts: Prompts) -> MaskSet:
+        """Every mask of SAM2's ``predict`` for ``prompts`` (issue 13: candidates, batched
+        boxes, refinement), on a computed image embedding.
+
+        ``prompts.box`` may be Bx4 (SAM2's batched box prompt: predict returns Bx1xHxW, or
+        1xHxW for B = 1, both flattened to N = B here); ``prompts.mask_input`` (1x256x256
+        logits) goes to SAM2 as ``mask_input``.
+
+        Raises:
+            InternalError: the embedding was made by a different model.
+        """
+        pred = self._use(embedding)
+        with self._inference():
+            t0 = time.perf_counter()
+            masks, scores, logits = pred.predict(
+                point_coords=prompts.point_coords,
+                point_labels=prompts.point_labels,
+                box=prompts.box,
+                mask_input=prompts.mask_input,
+                multimask_output=prompts.multimask_output,
+            )
+            ms = (time.perf_counter() - t0) * 1000
+        h, w = embedding.orig_hw
+        return MaskSet(masks.reshape(-1, h, w) > 0, scores.reshape(-1).astype(np.float32),
+                       logits.reshape(-1, *logits.shape[-2:]).astype(np.float32), ms)
 
     def free_memory(self) -> None:
         """Drop the predictor's current image and return cached device memory to the

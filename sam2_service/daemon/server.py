@@ -122,7 +122,8 @@ class Server:
         if inherited is None:
             check_socket_path(cfg.socket_path)
         self.worker = InferenceWorker(self.engine, cfg.max_image_pixels,
-                                      cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue)
+                                      cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue,
+                                      logits_entries=cfg.logits_cache_entries)
         if self.engine is None:  # on the inference thread: all torch work stays on one thread
             self.engine = await self.worker.load(functools.partial(Sam2Engine.load, cfg))
         eng = self.engine

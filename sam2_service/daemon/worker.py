@@ -9,6 +9,7 @@ by one thread. The thread, its bounded queue, deadlines and shutdown are
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -19,13 +20,13 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from ..wire.codecs import compute_image_id, decode_base64
-from ..wire.errors import OutOfMemory, UnknownImage
-from ..wire.schema import EmbedRequest, SegmentRequest
-from .cache import CacheStats, EmbeddingCache
-from .engine import Embedding, Engine
+from ..wire.errors import OutOfMemory, UnknownImage, UnknownMask
+from ..wire.schema import EmbedRequest, SegmentRequest, new_mask_id
+from .cache import CacheStats, EmbeddingCache, LogitsCache
+from .engine import Embedding, Engine, MaskSet
 from .imaging import decode_image
 from .jobs import InferenceThread
-from .prompts import check_size, validate
+from .prompts import Prompts, check_size, validate
 
 T = TypeVar("T")
 log = logging.getLogger("sam2_service.worker")
@@ -57,6 +58,12 @@ class SegmentOutcome:
     image_id: str
     cached: bool
     timings: dict[str, float]
+    #: Issue 13 (only for a request with ``extended``): the ``maskId`` of ``mask``, and
+    #: ``(mask, score, maskId)`` of SAM2's candidates best first (``multimask``) or of each
+    #: box in request order (``boxes``).
+    mask_id: str | None = None
+    candidates: tuple[tuple[np.ndarray, float, str], ...] = ()
+    box_masks: tuple[tuple[np.ndarray, float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,17 @@ class InferenceWorker(InferenceThread):
         max_image_pixels: the pixel ceiling for image decoding.
         cache_bytes: the embedding cache's budget (0: off).
         max_queue: most jobs waiting (not yet started); more raise :class:`Busy`.
+        logits_entries: masks whose low-resolution logits are kept for ``maskInput``
+            (``--logits-cache-entries``; 0 keeps none).
     """
 
     def __init__(self, engine: Engine | None, max_image_pixels: int, *, cache_bytes: int = 0,
-                 max_queue: int = 8) -> None:
+                 max_queue: int = 8, logits_entries: int = 256) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
+        #: Low-resolution logits by ``maskId`` (issue 13); guarded by ``_cache_lock``.
+        self.logits = LogitsCache(logits_entries)
         self._cache_lock = threading.Lock()  # the loop thread releases entries too
         super().__init__(max_queue)
 
@@ -119,6 +130,7 @@ class InferenceWorker(InferenceThread):
     def release(self, image_id: str) -> bool:
         """Drop the cached embedding of ``image_id``; False if none was cached."""
         with self._cache_lock:
+            self.logits.release(image_id)
             return self.cache.release(image_id) > 0
 
     def cache_stats(self) -> CacheStats:
@@ -195,13 +207,80 @@ class InferenceWorker(InferenceThread):
             data = decode_base64(request.image_base64)
             image_id = compute_image_id(data)
             timings["decode"] = _ms(started)
+            if request.mask_input is not None:  # fail before a costly image encoding
+                self._mask_logits(request.mask_input, image_id)
             emb, cached, prompts = self._embedding(data, image_id, check, timings)
+        if request.extended:
+            return self._extended(request, emb, prompts, image_id, cached, timings)
         result = self.engine.predict(emb, prompts)
         timings["predict"] = result.predict_ms
         h, w = emb.orig_hw
         return SegmentOutcome(width=w, height=h, mask=result.mask, score=result.score,
                               coverage=np.count_nonzero(result.mask) / result.mask.size,
                               image_id=image_id, cached=cached, timings=timings)
+
+    def _extended(self, request: SegmentRequest, emb: Embedding, prompts: Prompts, image_id: str,
+                  cached: bool, timings: dict[str, float]) -> SegmentOutcome:
+        """A segment request with issue 13's options: ``maskInput`` looked up (else
+        :class:`UnknownMask`), SAM2's masks predicted (:meth:`Engine.predict_all`), their
+        logits kept under new ``maskId``s, and the top-level mask chosen: the best-scoring
+        one, or for ``boxes`` the union of the boxes' masks, scored by their lowest score,
+        whose logits are the element-wise maximum of theirs (> 0 exactly on the union)."""
+        model = self.engine.model_id
+        if request.mask_input is not None:
+            prompts = dataclasses.replace(
+                prompts, mask_input=self._mask_logits(request.mask_input, image_id))
+        out = self.engine.predict_all(emb, prompts)
+        timings["predict"] = out.predict_ms
+        entries, keep = self._entries(request, out)
+        if request.boxes:
+            top, score, top_logits = out.masks.any(axis=0), float(out.scores.min()), out.logits.max(0)
+            top_id = new_mask_id()
+            keep.append((top_id, top_logits))
+        else:
+            best = int(np.argmax(out.scores))
+            top, score = out.masks[best], float(out.scores[best])
+            top_id = entries[0][2] if entries else new_mask_id()
+            if not entries:
+                keep.append((top_id, out.logits[best]))
+        with self._cache_lock:
+            for mask_id, lg in keep:
+                self.logits.put(mask_id, image_id, model, lg[None].copy())  # not a view
+        h, w = emb.orig_hw
+        return SegmentOutcome(
+            width=w, height=h, mask=top, score=score,
+            coverage=np.count_nonzero(top) / top.size, image_id=image_id, cached=cached,
+            timings=timings, mask_id=top_id,
+            candidates=tuple(entries) if request.multimask else (),
+            box_masks=tuple(entries) if request.boxes else ())
+
+    def _mask_logits(self, mask_id: str, image_id: str) -> np.ndarray:
+        """The kept 1x256x256 logits of ``mask_id`` made on ``image_id`` by this engine.
+
+        Raises:
+            UnknownMask: none such (unknown, evicted, released, or another image's).
+        """
+        with self._cache_lock:
+            logits = self.logits.get(mask_id, image_id, self.engine.model_id)
+        if logits is None:
+            raise UnknownMask(f"maskInput {mask_id[:40]!r} names no kept mask of this image "
+                              "(unknown, evicted, released, or from another image): send the "
+                              "request without it", field="maskInput")
+        return logits
+
+    @staticmethod
+    def _entries(request: SegmentRequest, out: MaskSet) -> tuple[list, list]:
+        """``(mask, score, maskId)`` of each candidate (best first) or box (request order),
+        and ``(maskId, logits)`` to keep for them; both empty without those options."""
+        if not (request.multimask or request.boxes):
+            return [], []
+        order = np.argsort(-out.scores, kind="stable") if request.multimask else range(len(out.scores))
+        entries, keep = [], []
+        for i in order:
+            mask_id = new_mask_id()
+            entries.append((out.masks[i], float(out.scores[i]), mask_id))
+            keep.append((mask_id, out.logits[i]))
+        return entries, keep
 
     def _embed_job(self, request: EmbedRequest) -> EmbedOutcome:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ ERROR_CODES: Final = frozenset(
         "image_too_large",  # the image header declares more pixels than allowed
         "unknown_op",  # "op" names an operation the daemon does not know
         "unknown_image",  # imageId names no cached image embedding: resend the image
+        "unknown_mask",  # maskInput names no kept mask logits (unknown, evicted, other image)
         "busy",  # max_queue requests already wait for the model; try again later
         "timeout",  # no reply within request_timeout of the request's arrival
         "shutting_down",  # the daemon is stopping; the request was accepted but not run
@@ -82,6 +83,13 @@ class UnknownImage(ServiceError):
     """``imageId`` names no cached image embedding (never sent, evicted or released)."""
 
     code = "unknown_image"
+
+
+class UnknownMask(ServiceError):
+    """``maskInput`` names no kept mask logits: never given, evicted from the LRU of
+    ``--logits-cache-entries``, released with its image, or made on another image or model."""
+
+    code = "unknown_mask"
 
 
 class Busy(ServiceError):

@@ -56,6 +56,18 @@ class SegmentRequest:
     bbox: BBox | None
     points: tuple[Point, ...]
     image_id: str | None = None
+    #: Issue 13 options (docs/protocol.md, "Protocol additions"); all opt-in.
+    #: ``maskEncoding``: a key of :data:`sam2_service.wire.codecs.MASK_ENCODINGS`.
+    mask_encoding: str = "raw"
+    #: ``multimask``: reply with SAM2's three candidates (``multimask_output=True``).
+    multimask: bool = False
+    #: ``boxes``: SAM2's batched box prompt, one mask per box (empty: not used).
+    boxes: tuple[BBox, ...] = ()
+    #: ``maskInput``: a ``maskId`` whose low-resolution logits go to SAM2 as ``mask_input``.
+    mask_input: str | None = None
+    #: True when the request used any of the options above (so its reply is the extended
+    #: one, with ``maskId``); False keeps protocol v1's reply byte for byte.
+    extended: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +199,68 @@ def _image_id(obj: dict[str, Any]) -> str:
     return value
 
 
-def _segment_request(obj: dict[str, Any], request_id: str, max_points: int) -> SegmentRequest:
+#: The request fields of issue 13; any of them present makes a request ``extended``.
+EXTENSION_FIELDS = ("maskEncoding", "multimask", "boxes", "maskInput")
+#: ``maskEncoding`` values (the keys of :data:`sam2_service.wire.codecs.MASK_ENCODINGS`).
+MASK_ENCODING_NAMES = ("raw", "rle", "png")
+#: Length of a ``maskId``: ``m`` and 32 hex characters (:func:`new_mask_id`).
+MASK_ID_CHARS = 33
+
+
+def new_mask_id() -> str:
+    """A fresh ``maskId``: ``m`` and 32 random hex characters (128 bits, so never guessed)."""
+    return "m" + uuid.uuid4().hex
+
+
+def _parse_boxes(value: Any, max_boxes: int) -> tuple[BBox, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("boxes must be a non-empty list of {x1,y1,x2,y2}, got "
+                             f"{_type_name(value) if value != [] else 'an empty list'}",
+                             field="boxes")
+    if len(value) > max_boxes:
+        raise InvalidRequest(f"boxes has {len(value)} entries, more than the limit of {max_boxes} "
+                             "(--max-boxes)", field="boxes")
+    boxes = []
+    for i, b in enumerate(value):
+        path = f"boxes[{i}]"
+        if not isinstance(b, dict):
+            raise InvalidRequest(f"{path} must be an object {{x1,y1,x2,y2}}, got {_type_name(b)}",
+                                 field=path)
+        boxes.append(BBox(*(_number(b, k, f"{path}.{k}") for k in ("x1", "y1", "x2", "y2"))))
+    return tuple(boxes)
+
+
+def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
+    """The issue 13 fields of a segment request, checked (docs/protocol.md)."""
+    if not any(k in obj for k in EXTENSION_FIELDS):
+        return {}
+    encoding = obj.get("maskEncoding", "raw")
+    if encoding not in MASK_ENCODING_NAMES:
+        raise InvalidRequest(f"maskEncoding must be one of {', '.join(MASK_ENCODING_NAMES)}, "
+                             f"got {str(encoding)[:32]!r}", field="maskEncoding")
+    multimask = obj.get("multimask", False)
+    if not isinstance(multimask, bool):
+        raise InvalidRequest(f"multimask must be true or false, got {_type_name(multimask)}",
+                             field="multimask")
+    boxes = _parse_boxes(obj["boxes"], max_boxes) if "boxes" in obj else ()
+    mask_input = obj.get("maskInput")
+    if "maskInput" in obj and (not isinstance(mask_input, str) or not mask_input
+                               or len(mask_input) > 128):
+        raise InvalidRequest("maskInput must be the maskId of an earlier reply on this image, "
+                             f"got {_type_name(mask_input)}", field="maskInput")
+    if boxes:
+        for other, why in (("bbox", "bbox and boxes are two box prompts: send one"),
+                           ("points", "SAM2's batched box prompt takes no points"),
+                           ("multimask", "each box gets one mask; multimask is for one prompt"),
+                           ("maskInput", "a mask input refines one mask, not a batch")):
+            if obj.get(other) not in (None, False, []):
+                raise InvalidRequest(f"{other} cannot be combined with boxes: {why}", field=other)
+    return dict(mask_encoding=encoding, multimask=multimask, boxes=boxes, mask_input=mask_input,
+                extended=True)
+
+
+def _segment_request(obj: dict[str, Any], request_id: str, max_points: int,
+                     max_boxes: int = 64) -> SegmentRequest:
     has_image, has_id = "imageBase64" in obj, "imageId" in obj
     if has_image and has_id:
         raise InvalidRequest("send either imageBase64 or imageId, not both", field="imageId")
@@ -199,6 +272,7 @@ def _segment_request(obj: dict[str, Any], request_id: str, max_points: int) -> S
         bbox=_parse_bbox(obj.get("bbox")),
         points=_parse_points(obj.get("points"), max_points),
         image_id=_image_id(obj) if has_id else None,
+        **_extensions(obj, max_boxes),
     )
 
 
@@ -208,12 +282,13 @@ def _embed_request(obj: dict[str, Any], request_id: str) -> EmbedRequest:
     return EmbedRequest(request_id, image, size[0], size[1])
 
 
-def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
+def parse_request(obj: dict[str, Any], *, max_points: int, max_boxes: int = 64) -> Request:
     """Validate a decoded JSON object and return the typed request.
 
     Args:
         obj: the frame's JSON object (see :func:`sam2_service.wire.frames.decode_message`).
         max_points: the most point prompts accepted in one request.
+        max_boxes: the most entries in a segment request's ``boxes`` (``--max-boxes``).
 
     Raises:
         UnknownOp: ``op`` is a string other than those in :data:`OPS`.
@@ -236,7 +311,7 @@ def parse_request(obj: dict[str, Any], *, max_points: int) -> Request:
         return ReleaseRequest(request_id, _image_id(obj))
     if op != "segment":
         raise UnknownOp(f"op {op[:64]!r} is not one of {', '.join(OPS)}", field="op")
-    return _segment_request(obj, request_id, max_points)
+    return _segment_request(obj, request_id, max_points, max_boxes)
 
 
 #: The stages of the daemon's own work (``mask``, the base64 encoding, runs after the
@@ -267,6 +342,37 @@ def segment_response(request_id: str, *, width: int, height: int, mask_base64: s
         "inferenceTimeMs": round(sum(timings.get(k, 0.0) for k in INFERENCE_STAGES), 3),
         "timingsMs": _timings(timings),
     }
+
+
+def mask_entry(score: float, mask: tuple[str, Any], mask_id: str) -> dict[str, Any]:
+    """One entry of an extended reply's ``candidates`` or ``masks``: ``score`` (SAM2's IoU
+    prediction), the mask as ``mask`` = (reply key, value) from
+    :func:`sam2_service.wire.codecs.encode_mask_as`, and its ``maskId``."""
+    return {"score": score, mask[0]: mask[1], "maskId": mask_id}
+
+
+def extended_segment_response(request_id: str, *, width: int, height: int, encoding: str,
+                              mask: tuple[str, Any], score: float, mask_id: str, image_id: str,
+                              cached: bool, timings: dict[str, float],
+                              candidates: list[dict[str, Any]] | None = None,
+                              masks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The reply to a segment request that used an issue 13 option: :func:`segment_response`'s
+    fields in the same order (``maskBase64`` is ``""`` unless ``encoding`` is ``raw``), then
+    ``maskEncoding``, the mask under its own key (``maskRle`` or ``maskPng``), ``maskId``, and
+    ``candidates`` (``multimask``) or ``masks`` (``boxes``), lists of :func:`mask_entry`."""
+    key, value = mask
+    reply = segment_response(request_id, width=width, height=height,
+                             mask_base64=value if key == "maskBase64" else "", score=score,
+                             image_id=image_id, cached=cached, timings=timings)
+    reply["maskEncoding"] = encoding
+    if key != "maskBase64":
+        reply[key] = value
+    reply["maskId"] = mask_id
+    if candidates is not None:
+        reply["candidates"] = candidates
+    if masks is not None:
+        reply["masks"] = masks
+    return reply
 
 
 def embed_response(request_id: str, *, width: int, height: int, image_id: str, cached: bool,

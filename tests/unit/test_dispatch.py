@@ -171,10 +171,11 @@ def test_large_frames_with_too_many_commas_are_refused_unparsed(monkeypatch):
     real = dispatch_module.decode_message
     monkeypatch.setattr(dispatch_module, "decode_message", lambda p: parsed.append(p) or real(p))
     _, text = png(6)
-    points = [{"x": 1, "y": 1, "label": 1}] * 65  # 3 commas each: within 4 * 64 + 64
+    points = [{"x": 1, "y": 1, "label": 1}] * 65  # 3 commas each: within 4 * 64 + 4 * 64 + 64
     within = {"requestId": "w", "width": 8, "height": 6, "imageBase64": text, "points": points,
               "bbox": {"x1": 0, "y1": 0, "x2": 8, "y2": 6}, "pad": "-" * 2000}
-    over = {**within, "requestId": "o", "points": [{"x": 1, "y": 1, "label": 1}] * 120}
+    # 600 commas: over 4 * 64 (--max-points) + 4 * 64 (--max-boxes) + 64
+    over = {**within, "requestId": "o", "points": [{"x": 1, "y": 1, "label": 1}] * 200}
     small = {"requestId": "s", "width": 8, "height": 6, "imageBase64": text, "points": [1] * 400}
     assert len(orjson.dumps(small)) < 2048 and orjson.dumps(small).count(b",") > 320
     a, b, c = answer([within, over, small], json_thread_bytes=2048)
