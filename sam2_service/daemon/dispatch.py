@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
+from ..wire.auto import AutoRequest, auto_response, encode_labels
 from ..wire.codecs import encode_mask
 from ..wire.errors import InvalidRequest, ServiceError
 from ..wire.frames import decode_message
@@ -40,6 +41,7 @@ from ..wire.schema import (
     release_response,
     segment_response,
 )
+from .auto import AutoRunner
 from .config import ServiceConfig
 from .engine import Engine
 from .logs import event
@@ -77,7 +79,10 @@ class Dispatcher:
             "segment": self._segment,
             "embed": self._embed,
             "release": self._release,
+            "auto": self._auto,
         }
+        #: Auto requests in progress (``info``'s ``auto``); see :mod:`.auto`.
+        self.auto_runner = AutoRunner(worker)
 
     @property
     def engine(self) -> Engine:
@@ -189,6 +194,20 @@ class Dispatcher:
               released=released)
         return release_response(request.request_id, image_id=request.image_id, released=released)
 
+    async def _auto(self, request: AutoRequest, arrived: float) -> dict[str, Any]:
+        event(log, "Received request", requestId=request.request_id, op="auto",
+              tileShape=request.tile_shape, halo=request.halo, imageId=request.image_id,
+              imageChars=len(request.image_base64 or ""))
+        out = await self.auto_runner.run(request, arrived + self.config.auto_timeout)
+        labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
+        h, w = out.labels.shape
+        event(log, "Auto complete", requestId=request.request_id, labels=len(out.table),
+              imageId=out.image_id, width=w, height=h,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
+        return auto_response(request.request_id, width=w, height=h, labels_base64=labels_base64,
+                             labels=out.table, image_id=out.image_id, timings=timings)
+
     async def _info(self, request: Request, arrived: float) -> dict[str, Any]:
         cfg, stats, engine = self.config, self.worker.cache_stats(), self.engine
         info: dict[str, Any] = {
@@ -202,6 +221,9 @@ class Dispatcher:
                        "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
                        "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
         }
+        info["auto"] = [{"requestId": p.request_id, "done": p.done, "total": p.total}
+                        for p in self.auto_runner.running.values()]
+        info["limits"]["autoTimeout"] = cfg.auto_timeout
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info
