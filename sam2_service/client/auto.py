@@ -86,3 +86,40 @@ def auto_steps(memo: ImageMemo, image: ImageRef | PreparedImage, **kw: Any) -> S
     result = parse_auto_response((yield build_auto_request(image, **kw)))
     memo.remember(result.raw.get("imageId"))
     return result
+
+
+def label_colours(n: int) -> np.ndarray:
+    """(n+1)x3 uint8 RGB colours for ids 0..n: black for 0, then well-spread colours
+    (golden-ratio hue steps at full saturation, value alternating 1.0/0.75), so that ids
+    numbered near each other differ in hue."""
+    ids = np.arange(1, n + 1)
+    h = (ids * 0.618033988749895) % 1.0 * 6.0
+    v = np.where(ids % 2 == 0, 0.75, 1.0)
+    x = 1.0 - np.abs(h % 2.0 - 1.0)
+    sector = h.astype(int)
+    rgb = np.zeros((n, 3))
+    table = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)]
+    for s, (r, g, b) in enumerate(table):
+        sel = sector == s
+        for c, val in enumerate((r, g, b)):
+            rgb[sel, c] = val[sel] if isinstance(val, np.ndarray) else val
+    out = np.zeros((n + 1, 3), np.uint8)
+    out[1:] = np.round(rgb * v[:, None] * 255).astype(np.uint8)
+    return out
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image`` (HxWx3 uint8 RGB) with each label of ``labels`` (HxW uint16) blended in its
+    own colour (:func:`label_colours`) at ``alpha``; background pixels unchanged.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the label map is "
+                         f"{labels.shape[1]}x{labels.shape[0]}")
+    colours = label_colours(int(labels.max(initial=0)))[labels].astype(np.float32)
+    out = image.astype(np.float32)
+    fg = labels > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    return np.round(out).astype(np.uint8)

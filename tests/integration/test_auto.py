@@ -161,3 +161,29 @@ def test_async_client_auto_equals_sync(daemon, coffee):
     with Client(daemon.socket_path) as c:
         labels2, table2 = c.auto(coffee, **SETTINGS)
     assert np.array_equal(labels, labels2) and table == table2
+
+
+def test_cli_writes_16_bit_label_png_and_overlay(daemon, coffee, tmp_path, capsys):
+    from sam2_service import cli
+    from sam2_service.client.auto import label_colours
+
+    src = tmp_path / "coffee.png"
+    src.write_bytes(coffee)
+    out, overlay = tmp_path / "labels.png", tmp_path / "overlay.png"
+    assert cli.main(["auto", "--socket", daemon.socket_path, "--image", str(src), "--output",
+                     str(out), "--overlay", str(overlay), "--points-per-side", "6",
+                     "--points-per-batch", "16", "--pred-iou-thresh", "0",
+                     "--stability-score-thresh", "0", "--box-nms-thresh", "1"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Client(daemon.socket_path) as c:
+        labels, _ = c.auto(coffee, **SETTINGS)
+    with Image.open(out) as im:
+        assert im.mode in ("I;16", "I") and im.format == "PNG"
+        assert np.array_equal(np.asarray(im).astype(np.uint16), labels)
+    image = skimage.data.coffee()
+    drawn = np.asarray(Image.open(overlay).convert("RGB"))
+    assert np.array_equal(drawn[labels == 0], image[labels == 0])
+    k = int(labels.max())
+    where = labels == k
+    expected = np.round(0.5 * image[where] + 0.5 * label_colours(k)[k]).astype(np.uint8)
+    assert np.abs(drawn[where].astype(int) - expected).max() <= 1

@@ -117,3 +117,19 @@ def test_stitching_does_not_merge_low_overlap():
     right[0:2, 0:12] = 1     # right tile: a thin object, low IoU with the left's
     labels, _ = stitch_tiles((10, 20), tiles, [left, right])
     assert labels.max() == 2
+
+
+def test_label_colours_distinct_and_overlay_blends_only_labels():
+    from sam2_service.client.auto import label_colours, label_overlay
+
+    colours = label_colours(50)
+    assert colours.shape == (51, 3) and colours[0].tolist() == [0, 0, 0]
+    assert len({tuple(c) for c in colours[1:].tolist()}) == 50
+    image = np.full((4, 4, 3), 100, np.uint8)
+    labels = np.zeros((4, 4), np.uint16)
+    labels[0, 0] = 3
+    out = label_overlay(image, labels, alpha=0.5)
+    assert (out[1:] == 100).all()
+    assert out[0, 0].tolist() == np.round(50 + colours[3] / 2).astype(int).tolist()
+    with pytest.raises(ValueError):
+        label_overlay(image, labels[:2])
