@@ -6,7 +6,9 @@ then per tile and per crop one embedding (from the embedding cache when there) a
 per ``pointsPerBatch`` points, then the crop's NMS. Painting and stitching run on a
 thread off the model's. Each step is logged as ``Auto progress`` (done/total) and shown
 in ``info``'s ``auto`` list. A client hanging up cancels the coroutine, so no further step
-is queued; the request's deadline is ``--auto-timeout`` from its arrival.
+is queued; the request's deadline is ``--auto-timeout`` from its arrival. Each step
+takes a place in the worker's queue like any request, so with ``--max-queue`` requests
+already waiting the auto request fails with ``busy`` at its next step.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..wire.auto import MAX_LABELS, AutoRequest
 from ..wire.codecs import compute_image_id, decode_base64
-from ..wire.errors import InvalidRequest, UnknownImage
+from ..wire.errors import InvalidRequest, RequestTimeout, UnknownImage
 from .autogen import GeneratedMasks, StepGenerator
 from .imaging import decode_image
 from .labels import Tile, label_stats, paint_labels, stitch_tiles, tile_grid
@@ -89,6 +91,11 @@ class AutoRunner:
             t0 = time.perf_counter()
             labels, table = await asyncio.to_thread(_assemble, hw, tiles, results)
             timings["paint"] += (time.perf_counter() - t0) * 1000
+        except RequestTimeout:
+            raise RequestTimeout(f"the auto request did not finish within --auto-timeout of its "
+                                 f"arrival ({progress.done} of {progress.total} steps done); "
+                                 "tile the image, lower pointsPerSide or raise --auto-timeout"
+                                 ) from None
         finally:
             del self.running[id(progress)]
         return AutoOutcome(labels, table, image_id, timings)
