@@ -58,10 +58,12 @@ class AutoOutcome:
 
 
 class AutoRunner:
-    """Runs auto requests step by step on ``worker``; ``running`` lists their progress."""
+    """Runs auto requests step by step on ``worker``, at most ``step_points`` grid points
+    per step (``--auto-step-points``); ``running`` lists their progress."""
 
-    def __init__(self, worker: InferenceWorker) -> None:
+    def __init__(self, worker: InferenceWorker, step_points: int = 16) -> None:
         self.worker = worker
+        self.step_points = step_points
         self.running: dict[int, AutoProgress] = {}
 
     async def run(self, request: AutoRequest, deadline: float) -> AutoOutcome:
@@ -82,7 +84,8 @@ class AutoRunner:
                                    timings, "generate", deadline=deadline)
             tiles = (tile_grid(hw[0], hw[1], request.tile_shape, request.halo)
                      if request.tile_shape else tile_grid(hw[0], hw[1], hw, (0, 0)))
-            plans = [gen.plan(t.outer[1] - t.outer[0], t.outer[3] - t.outer[2]) for t in tiles]
+            plans = [gen.plan(t.outer[1] - t.outer[0], t.outer[3] - t.outer[2], self.step_points)
+                     for t in tiles]
             progress.total = sum(len(p) + sum(len(c.batches) for c in p) for p in plans)
             results = []
             for tile, plan in zip(tiles, plans):

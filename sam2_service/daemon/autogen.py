@@ -67,8 +67,11 @@ class StepGenerator:
         self.gen = SAM2AutomaticMaskGenerator(engine.predictor.model,
                                               **dataclasses.asdict(settings))
 
-    def plan(self, height: int, width: int) -> list[CropPlan]:
-        """The crops of an HxW image and their point batches, in ``generate``'s order."""
+    def plan(self, height: int, width: int, step_points: int) -> list[CropPlan]:
+        """The crops of an HxW image and their point batches, in ``generate``'s order; a
+        batch holds ``min(points_per_batch, step_points)`` points. Each point's masks and
+        filters are independent of the others in its batch, so the masks, and their order
+        after concatenation, are those of ``generate``'s ``points_per_batch`` batches."""
         from sam2.utils.amg import batch_iterator, generate_crop_boxes
 
         boxes, layers = generate_crop_boxes((height, width), self.gen.crop_n_layers,
@@ -77,7 +80,8 @@ class StepGenerator:
         for box, layer in zip(boxes, layers):
             x0, y0, x1, y1 = box
             points = self.gen.point_grids[layer] * np.array([[x1 - x0, y1 - y0]])
-            batches = tuple(b for (b,) in batch_iterator(self.gen.points_per_batch, points))
+            batches = tuple(b for (b,) in batch_iterator(min(self.gen.points_per_batch, step_points),
+                                                          points))
             plans.append(CropPlan((x0, y0, x1, y1), layer, batches))
         return plans
 

@@ -82,7 +82,7 @@ class Dispatcher:
             "auto": self._auto,
         }
         #: Auto requests in progress (``info``'s ``auto``); see :mod:`.auto`.
-        self.auto_runner = AutoRunner(worker)
+        self.auto_runner = AutoRunner(worker, config.auto_step_points)
 
     @property
     def engine(self) -> Engine:
@@ -223,7 +223,7 @@ class Dispatcher:
         }
         info["auto"] = [{"requestId": p.request_id, "done": p.done, "total": p.total}
                         for p in self.auto_runner.running.values()]
-        info["limits"]["autoTimeout"] = cfg.auto_timeout
+        info["limits"].update(autoTimeout=cfg.auto_timeout, autoStepPoints=cfg.auto_step_points)
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info

@@ -28,7 +28,7 @@ class FakeGenerator:
     def __init__(self, engine, settings) -> None:
         self.batches = 0
 
-    def plan(self, h, w):
+    def plan(self, h, w, step_points):
         return [CropPlan((0, 0, w, h), 0, tuple(np.zeros((1, 2)) for _ in range(5)))]
 
     def batch(self, emb, crop, index, orig_size):
