@@ -135,3 +135,15 @@ def test_tiles_are_embedded_once_cached_and_stitched(image):
         worker.close(5)
 
     asyncio.run(main())
+
+
+def test_more_than_65535_masks_is_a_clear_invalid_request():
+    from sam2_service.daemon.labels import tile_grid
+    from sam2_service.wire.errors import InvalidRequest
+
+    n = 65536
+    masks = _Masks([], np.ones(n, np.int64), np.zeros(n), np.zeros(n), None)
+    masks.mask = lambda i: np.arange(n).reshape(1, n) == i  # one pixel each, all visible
+    with pytest.raises(InvalidRequest, match="65,535") as err:
+        auto_mod._assemble((1, n), tile_grid(1, n, (1, n), (0, 0)), [masks])
+    assert err.value.field == "pointsPerSide"
