@@ -104,7 +104,9 @@ class AutoRunner:
         return AutoOutcome(labels, table, image_id, timings)
 
     async def _step(self, fn: Any, *args: Any, deadline: float) -> Any:
-        """Run ``fn(*args[:-2])`` as one job; its time goes to timings ``args[-1]``."""
+        """Run ``fn(*args[:-2])`` as one worker job (out-of-memory guarded) and return its
+        result; ``args[-2]`` is the timings dict, ``args[-1]`` the stage that gets the job's
+        run time (its wait for the inference thread goes to ``queue``)."""
         *fn_args, timings, stage = args
         submitted = time.perf_counter()
         started: list[float] = []
