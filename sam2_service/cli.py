@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flags(doctor)
     _service_parsers(sub)
     _web_parser(sub)
+    from .cli_auto import add_auto_parser
+
+    add_auto_parser(sub, _client_flags)
     return parser
 
 
@@ -384,4 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _uninstall_service(ns)
     if ns.command == "web":
         return _web(ns)
+    if ns.command == "auto":
+        from .cli_auto import auto_main
+
+        return auto_main(ns)
     return _client_command(ns)

@@ -7,6 +7,7 @@ only: no torch, no daemon code, so a front-end's environment needs neither.
 """
 
 from .aio import AsyncClient
+from .auto import AutoResult, build_auto_request, parse_auto_response
 from .core import (
                    ClientError,
                    ImageInput,
@@ -27,8 +28,8 @@ from .core import (
 )
 from .sync import Client
 
-__all__ = ["AsyncClient", "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef",
-           "MaskCandidate",
+__all__ = ["AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
+           "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef", "MaskCandidate",
            "PointInput", "PreparedImage", "RequestFailed", "SegmentResult", "build_embed_request",
            "build_segment_request", "check_response", "default_socket_path", "encode_image_input",
            "parse_segment_response", "prepare_image"]

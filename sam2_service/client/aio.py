@@ -16,6 +16,7 @@ import numpy as np
 from ..wire.errors import ServiceError
 from ..wire.frames import FrameDecoder, encode_message
 from ..wire.peer import peer_uid
+from .auto import AutoResult, auto_steps
 from .core import (
     CLIENT_MAX_FRAME_BYTES,
     CONNECT_RETRY_S,
@@ -144,6 +145,15 @@ class AsyncClient:
         """:meth:`Client.embed <.sync.Client.embed>` as a coroutine."""
         prepared = await asyncio.to_thread(self.memo.prepare, image)
         return await self._drive(embed_steps(self.memo, prepared, request_id))
+
+    async def auto(self, image: ImageInput, *, tile_shape: Sequence[int] | None = None,
+                   halo: Sequence[int] | None = None, request_id: str | None = None,
+                   **settings: Any) -> AutoResult:
+        """:meth:`Client.auto <.sync.Client.auto>` as a coroutine."""
+        prepared = (image if isinstance(image, ImageRef)
+                    else await asyncio.to_thread(self.memo.prepare, image))
+        return await self._drive(auto_steps(self.memo, prepared, tile_shape=tile_shape,
+                                            halo=halo, request_id=request_id, **settings))
 
     async def release(self, image: ImageRef | str) -> bool:
         """:meth:`Client.release <.sync.Client.release>` as a coroutine."""

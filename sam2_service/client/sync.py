@@ -17,6 +17,7 @@ import numpy as np
 from ..wire.errors import ServiceError
 from ..wire.frames import FrameDecoder, encode_message
 from ..wire.peer import peer_uid
+from .auto import AutoResult, auto_steps
 from .core import (
     CLIENT_MAX_FRAME_BYTES,
     CONNECT_RETRY_S,
@@ -149,6 +150,28 @@ class Client:
         """``{"op": "embed"}``: have the daemon compute (or find) the image embedding now;
         returns the :class:`~.core.ImageRef` to segment it by id."""
         return self._drive(embed_steps(self.memo, self.memo.prepare(image), request_id))
+
+    def auto(self, image: ImageInput, *, tile_shape: Sequence[int] | None = None,
+             halo: Sequence[int] | None = None, request_id: str | None = None,
+             **settings: Any) -> AutoResult:
+        """``{"op": "auto"}``: every object of ``image`` as a label map.
+
+        Args:
+            image: as for :meth:`segment`; an :class:`~.core.ImageRef` goes by id.
+            tile_shape, halo: (h, w) pixels, for tiling.
+            settings: SAM2AutomaticMaskGenerator keywords (``points_per_side``,
+                ``pred_iou_thresh``...; see :data:`~.auto.AUTO_KEYWORDS`).
+
+        Returns:
+            :class:`~.auto.AutoResult`; unpacks as ``labels, table`` (HxW uint16 numpy
+            array, one dict per id).
+
+        Raises:
+            RequestFailed: an error reply; ClientError: no daemon or a bad reply.
+        """
+        prepared = image if isinstance(image, ImageRef) else self.memo.prepare(image)
+        return self._drive(auto_steps(self.memo, prepared, tile_shape=tile_shape, halo=halo,
+                                      request_id=request_id, **settings))
 
     def release(self, image: ImageRef | str) -> bool:
         """``{"op": "release"}``: drop the image's cached embedding; False if none was cached."""

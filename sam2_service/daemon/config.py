@@ -119,6 +119,14 @@ class ServiceConfig:
     request_timeout: float = _setting(60.0, "--request-timeout", "SAM2_SERVICE_REQUEST_TIMEOUT",
                                       "seconds from a request's arrival to its reply before the "
                                       "reply is a timeout error", type=float)
+    auto_timeout: float = _setting(600.0, "--auto-timeout", "SAM2_SERVICE_AUTO_TIMEOUT",
+                                   "seconds from an auto request's arrival to its reply (it "
+                                   "runs for minutes on a CPU) before the reply is a timeout "
+                                   "error", type=float)
+    auto_step_points: int = _setting(16, "--auto-step-points", "SAM2_SERVICE_AUTO_STEP_POINTS",
+                                     "most grid points an auto request sends through the mask "
+                                     "decoder in one step (its pointsPerBatch if smaller); a "
+                                     "segment request waits for at most one step", type=int)
     idle_timeout: float = _setting(60.0, "--idle-timeout", "SAM2_SERVICE_IDLE_TIMEOUT",
                                    "seconds a connection may sit idle, or inside a partial "
                                    "frame, before it is closed", type=float)
@@ -157,7 +165,7 @@ class ServiceConfig:
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
                      "max_connections", "max_buffered_bytes", "write_timeout",
-                     "json_thread_bytes"):
+                     "json_thread_bytes", "auto_timeout", "auto_step_points"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
+from ..wire.auto import AutoRequest, auto_response, encode_labels
 from ..wire.codecs import MASK_ENCODINGS, encode_mask, encode_mask_as
 from ..wire.errors import InvalidRequest, ServiceError
 from ..wire.frames import decode_message
@@ -42,6 +43,7 @@ from ..wire.schema import (
     release_response,
     segment_response,
 )
+from .auto import AutoRunner
 from .config import ServiceConfig
 from .engine import Engine
 from .logs import event
@@ -83,7 +85,10 @@ class Dispatcher:
             "segment": self._segment,
             "embed": self._embed,
             "release": self._release,
+            "auto": self._auto,
         }
+        #: Auto requests in progress (``info``'s ``auto``); see :mod:`.auto`.
+        self.auto_runner = AutoRunner(worker, config.auto_step_points)
 
     @property
     def engine(self) -> Engine:
@@ -225,6 +230,20 @@ class Dispatcher:
               released=released)
         return release_response(request.request_id, image_id=request.image_id, released=released)
 
+    async def _auto(self, request: AutoRequest, arrived: float) -> dict[str, Any]:
+        event(log, "Received request", requestId=request.request_id, op="auto",
+              tileShape=request.tile_shape, halo=request.halo, imageId=request.image_id,
+              imageChars=len(request.image_base64 or ""))
+        out = await self.auto_runner.run(request, arrived + self.config.auto_timeout)
+        labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
+        timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
+        h, w = out.labels.shape
+        event(log, "Auto complete", requestId=request.request_id, labels=len(out.table),
+              imageId=out.image_id, width=w, height=h,
+              **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
+        return auto_response(request.request_id, width=w, height=h, labels_base64=labels_base64,
+                             labels=out.table, image_id=out.image_id, timings=timings)
+
     async def _info(self, request: Request, arrived: float) -> dict[str, Any]:
         cfg, stats, engine = self.config, self.worker.cache_stats(), self.engine
         info: dict[str, Any] = {
@@ -242,6 +261,9 @@ class Dispatcher:
         info["features"] = list(FEATURES)
         info["limits"]["maxBoxes"] = cfg.max_boxes
         info["limits"]["logitsCacheEntries"] = cfg.logits_cache_entries
+        info["auto"] = [{"requestId": p.request_id, "done": p.done, "total": p.total}
+                        for p in self.auto_runner.running.values()]
+        info["limits"].update(autoTimeout=cfg.auto_timeout, autoStepPoints=cfg.auto_step_points)
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info

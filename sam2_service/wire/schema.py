@@ -104,7 +104,7 @@ class InfoRequest:
 
 
 Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest]
-OPS = ("segment", "embed", "release", "ping", "info")
+OPS = ("segment", "embed", "release", "ping", "info", "auto")
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -309,6 +309,10 @@ def parse_request(obj: dict[str, Any], *, max_points: int, max_boxes: int = 64) 
         return _embed_request(obj, request_id)
     if op == "release":
         return ReleaseRequest(request_id, _image_id(obj))
+    if op == "auto":
+        from .auto import parse_auto_request  # auto.py builds on this module's helpers
+
+        return parse_auto_request(obj, request_id)
     if op != "segment":
         raise UnknownOp(f"op {op[:64]!r} is not one of {', '.join(OPS)}", field="op")
     return _segment_request(obj, request_id, max_points, max_boxes)

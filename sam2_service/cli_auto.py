@@ -1,0 +1,90 @@
+"""``sam2-service auto``: every object of an image as a 16-bit PNG label map (and an overlay).
+
+Flags: ``--image``, ``--output`` (16-bit grayscale PNG, the uint16 ids), ``--overlay`` (the
+image with each label in its own colour), ``--tile H,W`` and ``--halo H,W``, and one flag per
+SAM2AutomaticMaskGenerator setting (``--points-per-side`` ... ; unset: the daemon's default,
+the generator's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .wire.auto import AUTO_FIELDS
+
+
+def _pair(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W integers, got {text!r}") from None
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two integers H,W, got {text!r}")
+    return values
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_auto_parser(sub: Any, client_flags: Any) -> None:
+    """Add the ``auto`` subcommand; ``client_flags(parser)`` adds --socket and --timeout."""
+    p = sub.add_parser("auto", help="segment every object into a 16-bit PNG label map")
+    client_flags(p)
+    p.add_argument("--image", required=True, type=Path, help="image file (PNG/JPEG sent as is)")
+    p.add_argument("--output", required=True, type=Path,
+                   help="write the label map here: 16-bit PNG, 0 background, 1..N objects")
+    p.add_argument("--overlay", type=Path, help="write the image with each label coloured (PNG)")
+    p.add_argument("--tile", type=_pair, help="tile shape H,W in pixels (tiling on)")
+    p.add_argument("--halo", type=_pair, help="tile overlap H,W in pixels (default 0,0)")
+    for wire, (name, kind, low, high) in AUTO_FIELDS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       type={"int": int, "float": float, "bool": _bool}[kind],
+                       help=f"`{wire}`: SAM2AutomaticMaskGenerator's {name} "
+                            f"(range {low:g}..{high:g}; default the generator's)")
+
+
+def write_label_png(path: Path, labels: Any) -> None:
+    """Write an HxW uint16 label map as a 16-bit grayscale PNG (Pillow mode ``I;16``)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16)).save(path, format="PNG")
+
+
+def auto_main(ns: argparse.Namespace) -> int:
+    """Run ``sam2-service auto``; returns the exit code (1 with one line on failure)."""
+    import numpy as np
+    from PIL import Image
+
+    from .client import Client, ClientError, RequestFailed
+    from .client.auto import label_overlay
+
+    settings = {name: getattr(ns, name) for _, (name, *_) in AUTO_FIELDS.items()}
+    try:
+        with Client(ns.socket, timeout=ns.timeout) as client:
+            t0 = time.perf_counter()
+            result = client.auto(ns.image, tile_shape=ns.tile, halo=ns.halo, **settings)
+            seconds = time.perf_counter() - t0
+        write_label_png(ns.output, result.labels)
+        print(f"labels={len(result.table)} size={result.labels.shape[1]}x"
+              f"{result.labels.shape[0]} seconds={seconds:.1f}\nwrote {ns.output}")
+        if ns.overlay is not None:
+            image = np.array(Image.open(ns.image).convert("RGB"))
+            Image.fromarray(label_overlay(image, result.labels)).save(ns.overlay, format="PNG")
+            print(f"wrote {ns.overlay}")
+    except RequestFailed as exc:
+        print(f"sam2-service: request failed: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ClientError, OSError, ValueError) as exc:
+        print(f"sam2-service: {exc}", file=sys.stderr)
+        return 1
+    return 0
