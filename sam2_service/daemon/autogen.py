@@ -89,12 +89,7 @@ class StepGenerator:
               orig_size: tuple[int, int]) -> Any:
         """Masks of point batch ``index`` of ``crop`` (``_process_batch``), on the crop's
         embedding; returns sam2's MaskData (RLEs in the HxW image ``orig_size``)."""
-        pred = self.gen.predictor
-        if pred._features is not embedding.features:
-            pred.reset_predictor()
-            pred._features = embedding.features
-            pred._orig_hw = [embedding.orig_hw]
-            pred._is_image_set = True
+        self.engine.use_embedding(embedding, self.gen.predictor)
         with self.engine._inference():
             return self.gen._process_batch(crop.batches[index], embedding.orig_hw,
                                            list(crop.box), orig_size, normalize=True)

@@ -311,15 +311,7 @@ class Sam2Engine:
             InternalError: the embedding was made by a different model (never reused
                 silently, as micro-sam's embedding cache refuses a model mismatch).
         """
-        if embedding.model_id != self.model_id:
-            raise InternalError(f"embedding of model {embedding.model_id} used with model "
-                                f"{self.model_id}")
-        pred = self.predictor
-        if pred._features is not embedding.features:
-            pred.reset_predictor()
-            pred._features = embedding.features
-            pred._orig_hw = [embedding.orig_hw]
-            pred._is_image_set = True
+        pred = self.use_embedding(embedding)
         with self._inference():
             t0 = time.perf_counter()
             masks, scores, _ = pred.predict(
@@ -332,13 +324,18 @@ class Sam2Engine:
         best = int(np.argmax(scores))
         return MaskResult(masks[best] > 0, float(scores[best]), ms)
 
-    def _use(self, embedding: Embedding) -> Any:
-        """The predictor with ``embedding`` put back as ``set_image`` left it (see
-        :meth:`predict`); raises InternalError for another model's embedding."""
+    def use_embedding(self, embedding: Embedding, predictor: Any = None) -> Any:
+        """``predictor`` (default this engine's SAM2ImagePredictor; the automatic mask
+        generator has its own over the same model) with ``embedding`` put back as ``set_image``
+        left it (see :meth:`predict`).
+
+        Raises:
+            InternalError: the embedding was made by another model.
+        """
         if embedding.model_id != self.model_id:
             raise InternalError(f"embedding of model {embedding.model_id} used with model "
                                 f"{self.model_id}")
-        pred = self.predictor
+        pred = self.predictor if predictor is None else predictor
         if pred._features is not embedding.features:
             pred.reset_predictor()
             pred._features = embedding.features
@@ -357,7 +354,7 @@ class Sam2Engine:
         Raises:
             InternalError: the embedding was made by a different model.
         """
-        pred = self._use(embedding)
+        pred = self.use_embedding(embedding)
         with self._inference():
             t0 = time.perf_counter()
             masks, scores, logits = pred.predict(
