@@ -255,15 +255,17 @@ class Dispatcher:
             "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
             "limits": {"maxFrameBytes": cfg.max_frame_bytes,
                        "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
-                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout},
+                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout,
+                       "maxBoxes": cfg.max_boxes, "logitsCacheEntries": cfg.logits_cache_entries,
+                       "autoTimeout": cfg.auto_timeout, "autoStepPoints": cfg.auto_step_points,
+                       "maxConnections": cfg.max_connections,
+                       "maxBufferedBytes": cfg.max_buffered_bytes,
+                       "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes},
+            "maskEncodings": list(MASK_ENCODINGS),
+            "features": list(FEATURES),
+            "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total}
+                     for p in self.auto_runner.running.values()],
         }
-        info["maskEncodings"] = list(MASK_ENCODINGS)
-        info["features"] = list(FEATURES)
-        info["limits"]["maxBoxes"] = cfg.max_boxes
-        info["limits"]["logitsCacheEntries"] = cfg.logits_cache_entries
-        info["auto"] = [{"requestId": p.request_id, "done": p.done, "total": p.total}
-                        for p in self.auto_runner.running.values()]
-        info["limits"].update(autoTimeout=cfg.auto_timeout, autoStepPoints=cfg.auto_step_points)
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING
         return info

@@ -80,6 +80,10 @@ def test_each_op_reaches_its_handler():
     ])
     assert ping == {"requestId": "p", "ok": True}
     assert info["requestId"] == "i" and info["model"] == "fake" and info["limits"]["maxPoints"] == 64
+    cfg = ServiceConfig()
+    assert info["limits"]["maxConnections"] == cfg.max_connections
+    assert info["limits"]["maxBufferedBytes"] == cfg.max_buffered_bytes
+    assert info["limits"]["writeTimeout"] == cfg.write_timeout
     assert segment["requestId"] == "s" and segment["cached"] is False
     mask = decode_mask(segment["maskBase64"], 8, 6)
     assert np.array_equal(mask, np.where(img[..., 0] > 127, 255, 0))
