@@ -77,12 +77,12 @@ def world_to_xy(world: Sequence[float], scale: Sequence[float],
     return data_to_xy(world_to_data(world, scale, translate))
 
 
-def box_to_xyxy(corners_data: np.ndarray, width: int, height: int) -> tuple[float, ...]:
-    """A rectangle's corners (N x 2 data coordinates, (row, col)) -> the daemon's box
-    (x1, y1, x2, y2) in pixels, covering whole pixels, clipped to the image."""
-    rows, cols = corners_data[:, -2], corners_data[:, -1]
-    x1, x2 = np.clip([cols.min() + 0.5, cols.max() + 0.5], 0, width)
-    y1, y2 = np.clip([rows.min() + 0.5, rows.max() + 0.5], 0, height)
+def box_to_xyxy(corners_xy: np.ndarray, width: int, height: int) -> tuple[float, ...]:
+    """A rectangle's corners (N x 2 daemon (x, y) pixels, e.g. from :func:`data_to_xy`) ->
+    the daemon's box (x1, y1, x2, y2), clipped to the image ``[0, width] x [0, height]``."""
+    xs, ys = corners_xy[:, 0], corners_xy[:, 1]
+    x1, x2 = np.clip([xs.min(), xs.max()], 0, width)
+    y1, y2 = np.clip([ys.min(), ys.max()], 0, height)
     return float(x1), float(y1), float(x2), float(y2)
 
 

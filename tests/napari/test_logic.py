@@ -53,8 +53,8 @@ def test_world_to_xy_undoes_scale_and_translate_and_swaps_axes() -> None:
     assert logic.world_to_xy((5.0, 3.0, 8.0), (1, 1, 1), (0, 0, 0)) == (8.5, 3.5)
 
 
-def test_box_to_xyxy_covers_whole_pixels_and_clips() -> None:
-    corners = np.array([[2, 3], [2, 9], [5, 9], [5, 3]], float)  # (row, col)
+def test_box_to_xyxy_takes_min_and_max_and_clips() -> None:
+    corners = np.array([[3.5, 2.5], [9.5, 2.5], [9.5, 5.5], [3.5, 5.5]])  # (x, y)
     assert logic.box_to_xyxy(corners, 100, 100) == (3.5, 2.5, 9.5, 5.5)
     assert logic.box_to_xyxy(np.array([[-5, -5], [200, 200]], float), 50, 40) == (0, 0, 50, 40)
 
