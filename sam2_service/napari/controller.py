@@ -22,6 +22,9 @@ from .names import draw_names
 
 POINTS, BOX, AUTO = "Prompt Points", "Bounding Box", "AutoSeg_mask"
 MASKS = {POINTS: "Points_mask", BOX: "Box_mask"}
+#: Prompt Points' face colour by its ``label`` feature: foreground green, background red.
+POINT_COLOURS = {"color_properties": "label", "color_mode": "cycle",
+                 "categorical_colormap": {"colormap": {"foreground": "lime", "background": "red"}}}
 START_HINT = "start it with `make run` (or `sam2-service serve --socket {path}`)"
 
 
@@ -104,8 +107,8 @@ class Controller:
         if POINTS not in v.layers:
             pts = v.add_points(ndim=nd, name=POINTS, size=max(image.data.shape[-2:]) / 60,
                                features={"label": np.array([], dtype=object)},
-                               feature_defaults={"label": "foreground"}, face_color="label",
-                               face_color_cycle=["lime", "red"], border_color="white")
+                               feature_defaults={"label": "foreground"}, face_color=POINT_COLOURS,
+                               border_color="white")
             pts.events.data.connect(lambda e: self._on_prompt(POINTS, e))
             pts.bind_key("t", lambda _layer: self.toggle_point_label(), overwrite=True)
         if BOX not in v.layers:

@@ -96,10 +96,16 @@ def test_moving_a_point_replaces_its_result_and_background_points(widget, viewer
     assert pts.feature_defaults["label"][0] == "background"
     pts.add([[20, 28]])
     wait_idle(qtbot, widget)
+    assert np.allclose(pts.face_color[-1], [1, 0, 0, 1])  # the background point is red
     want = daemon_mask(daemon.socket_path, img, points=[(58.5, 46.5, 1), (28.5, 20.5, 0)]).mask > 0
     got = np.asarray(viewer.layers["Points_mask"].data)
     assert np.array_equal(got > 0, want) and got.max() <= 1  # same object: same id
-    assert len(widget.ctl.undo_stack) == 1
+    pts.data = np.array([[40.0, 50.0], [20.0, 28.0]])  # the first point moved
+    wait_idle(qtbot, widget)
+    want = daemon_mask(daemon.socket_path, img, points=[(50.5, 40.5, 1), (28.5, 20.5, 0)]).mask > 0
+    got = np.asarray(viewer.layers["Points_mask"].data)
+    assert np.array_equal(got > 0, want) and got.max() <= 1
+    assert len(widget.ctl.undo_stack) == 1  # re-runs replace the object's edit
 
 
 def test_scaled_translated_layer_and_stack_slice_map_prompts(widget, viewer, daemon, qtbot) -> None:
