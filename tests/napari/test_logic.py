@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
 from sam2_service.napari import logic
+
+tifffile = pytest.importorskip("tifffile", reason="pip install -e '.[napari]'")
 
 
 def test_next_label_id_is_max_plus_one() -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
 
 from sam2_service.client import Client
 from sam2_service.napari import logic
@@ -20,6 +19,7 @@ from sam2_service.napari.controller import AUTO, BOX, POINTS
 
 from .conftest import wait_idle
 
+tifffile = pytest.importorskip("tifffile", reason="pip install -e '.[napari]'")
 pytestmark = pytest.mark.model
 
 
@@ -209,3 +209,52 @@ def test_npe2_manifest_opens_the_widget(npe2pm, viewer) -> None:
     dock, widget = viewer.window.add_plugin_dock_widget("sam2-service", "SAM2 segmentation")
     assert type(widget).__name__ == "SegmentWidget"  # (napari hands it a proxy of the viewer)
     assert viewer.window.dock_widgets["SAM2 segmentation (sam2-service)"] is widget
+
+
+class FakeClient:
+    """Records requests; segment answers a mask that is one pixel at the last point."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def embed(self, image: np.ndarray) -> Any:
+        self.calls.append(("embed", {"shape": image.shape}))
+        return SimpleNamespace(image_id="x", width=image.shape[1], height=image.shape[0])
+
+    def segment(self, ref: Any, **kw: Any) -> Any:
+        self.calls.append(("segment", kw))
+        mask = np.zeros((ref.height, ref.width), np.uint8)
+        x, y, _ = kw["points"][-1]
+        mask[int(y), int(x)] = 255
+        return SimpleNamespace(mask=mask, masks=(), score=1.0, inference_time_ms=1.0)
+
+    def auto(self, ref: Any, **kw: Any) -> Any:
+        self.calls.append(("auto", kw))
+        return SimpleNamespace(labels=np.ones((ref.height, ref.width), np.uint16), table=[{}])
+
+
+def test_only_the_latest_prompt_is_written_and_images_embed_once(viewer) -> None:
+    """Replies arriving out of order: the older one is dropped. The image is embedded once;
+    auto with a tile smaller than the image asks for tiles with the halo."""
+    from sam2_service.napari.controller import Controller
+
+    jobs: list = []
+    ctl = Controller(viewer, lambda job, done: jobs.append((job, done)))
+    ctl.client = FakeClient()
+    viewer.add_image(np.zeros((40, 50), np.uint8), name="img")
+    ctl.use_image(viewer.layers["img"])
+    viewer.layers[POINTS].add([[5, 6]])
+    viewer.layers[POINTS].add([[30, 40]])  # moves on before the first reply
+    (job1, done1), (job2, done2) = jobs
+    r1, r2 = job1(), job2()
+    done2(r2)
+    done1(r1)  # stale: dropped
+    labels = np.asarray(viewer.layers["Points_mask"].data)
+    assert labels[30, 40] == 1 and labels.sum() == 1  # the latest prompt's mask only
+    ctl.tile, ctl.halo, ctl.auto_settings = 32, 8, {"points_per_side": 4}
+    ctl.auto_segment()
+    job, done = jobs[-1]
+    done(job())
+    assert [c for c, _ in ctl.client.calls].count("embed") == 1
+    assert ctl.client.calls[-1] == ("auto", {"points_per_side": 4, "tile_shape": (32, 32), "halo": (8, 8)})
+    assert np.asarray(viewer.layers[AUTO].data).all()
