@@ -56,6 +56,13 @@ def points_in_plane(world: np.ndarray, image: Any, index: tuple[int, ...]) -> np
     return np.asarray(out, dtype=float).reshape(-1, 2)
 
 
+def _retire(viewer: Any, name: str, fits: Callable[[Any], bool]) -> None:
+    """Rename layer ``name`` to ``"<name> (earlier image)"`` when it does not ``fit`` the
+    image now chosen (another shape or number of dimensions), so a fresh one can be made."""
+    if name in viewer.layers and not fits(viewer.layers[name]):
+        viewer.layers[name].name = f"{name} (earlier image)"
+
+
 class Controller:
     """Prompts -> daemon -> label layers for one viewer.
 
@@ -104,8 +111,11 @@ class Controller:
         layers when missing."""
         self.image, self._live = image, {}
         v, nd = self.viewer, image.ndim
+        side = max(self._shape()[-2:])
+        for name in (POINTS, BOX):
+            _retire(v, name, lambda layer: layer.ndim == nd)
         if POINTS not in v.layers:
-            pts = v.add_points(ndim=nd, name=POINTS, size=max(image.data.shape[-2:]) / 60,
+            pts = v.add_points(ndim=nd, name=POINTS, size=side / 60,
                                features={"label": np.array([], dtype=object)},
                                feature_defaults={"label": "foreground"}, face_color=POINT_COLOURS,
                                border_color="white")
@@ -113,7 +123,7 @@ class Controller:
             pts.bind_key("t", lambda _layer: self.toggle_point_label(), overwrite=True)
         if BOX not in v.layers:
             box = v.add_shapes(ndim=nd, name=BOX, face_color="transparent", edge_color="yellow",
-                               edge_width=max(image.data.shape[-2:]) / 200)
+                               edge_width=side / 200)
             box.events.data.connect(lambda e: self._on_prompt(BOX, e))
         for name in (*MASKS.values(), AUTO):
             self.label_layer(name)
@@ -121,14 +131,18 @@ class Controller:
     def label_layer(self, name: str) -> Any:
         """The Labels layer ``name`` for the current image (created empty, uint16, with the
         image's spatial shape, scale and translate)."""
+        _retire(self.viewer, name, lambda layer: layer.data.shape == self._shape())
         if name in self.viewer.layers:
             return self.viewer.layers[name]
         im = self.image
-        shape = im.data.shape[:-1] if im.rgb else im.data.shape
-        layer = self.viewer.add_labels(np.zeros(shape, np.uint16), name=name, scale=im.scale,
+        layer = self.viewer.add_labels(np.zeros(self._shape(), np.uint16), name=name, scale=im.scale,
                                        translate=im.translate)
         layer.metadata["names"] = {}
         return layer
+
+    def _shape(self) -> tuple[int, ...]:
+        """The image's shape without its colour axis: (..., H, W)."""
+        return self.image.data.shape[:-1] if self.image.rgb else self.image.data.shape
 
     def toggle_point_label(self) -> str:
         """Switch new points between foreground and background; returns the new one."""

@@ -258,3 +258,15 @@ def test_only_the_latest_prompt_is_written_and_images_embed_once(viewer) -> None
     assert [c for c, _ in ctl.client.calls].count("embed") == 1
     assert ctl.client.calls[-1] == ("auto", {"points_per_side": 4, "tile_shape": (32, 32), "halo": (8, 8)})
     assert np.asarray(viewer.layers[AUTO].data).all()
+
+
+def test_a_second_image_of_another_shape_gets_fresh_layers(widget, viewer) -> None:
+    viewer.add_image(np.zeros((10, 12), np.uint8), name="small")
+    widget.image_combo.setCurrentText("small")
+    widget.use_image()
+    viewer.add_image(np.zeros((3, 20, 30, 3), np.uint8), name="rgb stack", rgb=True)
+    widget.image_combo.setCurrentText("rgb stack")
+    widget.use_image()
+    assert viewer.layers["Points_mask"].data.shape == (3, 20, 30)
+    assert viewer.layers[POINTS].ndim == 3
+    assert viewer.layers["Points_mask (earlier image)"].data.shape == (10, 12)
