@@ -64,8 +64,11 @@ def display() -> Iterator[str]:
     for n in range(90, 120):
         if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock"):
             break
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Xvfb lives until this test process exits (a shell watches our pid): stopping it while Qt
+    # is still connected would make Qt abort the process with an XIO error at teardown.
+    watch = (f"Xvfb :{n} -screen 0 1280x1024x24 -nolisten tcp & x=$!; trap 'kill $x' EXIT; "
+             f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done")
+    proc = subprocess.Popen(["sh", "-c", watch], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not os.path.exists(f"/tmp/.X11-unix/X{n}"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -74,9 +77,6 @@ def display() -> Iterator[str]:
         time.sleep(0.1)
     os.environ["DISPLAY"] = f":{n}"
     yield os.environ["DISPLAY"]
-    proc.terminate()
-    proc.wait(timeout=10)
-    os.environ.pop("DISPLAY", None)
 
 
 @pytest.fixture
