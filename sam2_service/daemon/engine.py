@@ -311,18 +311,9 @@ class Sam2Engine:
             InternalError: the embedding was made by a different model (never reused
                 silently, as micro-sam's embedding cache refuses a model mismatch).
         """
-        pred = self.use_embedding(embedding)
-        with self._inference():
-            t0 = time.perf_counter()
-            masks, scores, _ = pred.predict(
-                point_coords=prompts.point_coords,
-                point_labels=prompts.point_labels,
-                box=prompts.box,
-                multimask_output=prompts.multimask_output,
-            )
-            ms = (time.perf_counter() - t0) * 1000
-        best = int(np.argmax(scores))
-        return MaskResult(masks[best] > 0, float(scores[best]), ms)
+        out = self.predict_all(embedding, prompts)
+        best = int(np.argmax(out.scores))
+        return MaskResult(out.masks[best], float(out.scores[best]), out.predict_ms)
 
     def use_embedding(self, embedding: Embedding, predictor: Any = None) -> Any:
         """``predictor`` (default this engine's SAM2ImagePredictor; the automatic mask
