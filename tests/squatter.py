@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import select
 import shutil
 import subprocess
 import tempfile
@@ -16,11 +17,20 @@ from typing import Iterator
 
 import pytest
 
-SQUAT = ("import socket, sys, time\n"
+#: Binds argv[1]; "stale" leaves the socket file and exits. Otherwise it accepts connections,
+#: reads each until the client closes it (or 3 s pass), and prints after each one the total
+#: of bytes received so far: what a client sent to the impostor.
+SQUAT = ("import socket, sys\n"
          "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
          "s.bind(sys.argv[1]); s.listen(8)\n"
          "if sys.argv[2] == 'stale': s.close(); sys.exit(0)\n"
-         "time.sleep(600)\n")
+         "total = 0\n"
+         "while True:\n"
+         "    c, _ = s.accept(); c.settimeout(3)\n"
+         "    try:\n"
+         "        while d := c.recv(65536): total += len(d)\n"
+         "    except OSError: pass\n"
+         "    c.close(); print(total, flush=True)\n")
 
 
 def nobody_uid() -> int:
@@ -51,7 +61,7 @@ def squatter(path: str, stale: bool = False) -> Iterator[subprocess.Popen]:
     """``nobody`` listening on ``path`` (or, with ``stale``, leaving a socket file there)."""
     proc = subprocess.Popen(["setpriv", "--reuid", "nobody", "--regid", "nogroup",
                              "--clear-groups", "/usr/bin/python3", "-c", SQUAT, path,
-                             "stale" if stale else "live"])
+                             "stale" if stale else "live"], stdout=subprocess.PIPE, bufsize=0)
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(path):
@@ -65,3 +75,22 @@ def squatter(path: str, stale: bool = False) -> Iterator[subprocess.Popen]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def bytes_received(proc: subprocess.Popen, connections: int, timeout: float = 10.0) -> int:
+    """Bytes a live :func:`squatter` received over its first ``connections`` connections
+    (waits for it to have closed that many).
+
+    Raises:
+        AssertionError: fewer connections ended within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    out = b""  # read the raw pipe: a buffered readline would hide lines from select()
+    while (ended := out.count(b"\n")) < connections:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([proc.stdout], [], [], left)[0], \
+            f"the squatter saw {ended} of {connections} connections end"
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, "the squatter exited"
+        out += chunk
+    return int(out.split(b"\n")[connections - 1])

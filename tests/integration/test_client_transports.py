@@ -20,10 +20,9 @@ from sam2_service.client import AsyncClient, Client, RequestFailed
 from sam2_service.wire.codecs import encode_png
 from tests.fake_engine import FakeEngine
 
+from ..squatter import bytes_received, nobody_uid, require_root_and_setpriv, squatter
 from .conftest import short_tmp_socket_dir
 from .test_server_faults import ServerThread, frame, read_frame
-
-NOBODY = 65534
 
 
 def ping_with(transport: str, path: str, timeout: float) -> dict:
@@ -123,73 +122,26 @@ def test_a_client_shared_by_threads_gives_each_thread_its_own_reply():
 # --- a socket squatted by another user -------------------------------------------------------
 
 
-def squat_as_nobody(path: str, connections: int) -> tuple[int, int]:
-    """Fork a child that becomes ``nobody``, binds ``path``, accepts ``connections``
-    connections and reads each until it closes; returns (pid, read end of a pipe on which the
-    child writes "ready" once listening, then the number of bytes it received)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery from here on
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(path)
-            listener.listen(8)
-            listener.settimeout(30)
-            os.write(w, b"ready ")
-            received = 0
-            for _ in range(connections):
-                conn, _ = listener.accept()
-                conn.settimeout(3)
-                try:
-                    while chunk := conn.recv(1 << 16):
-                        received += len(chunk)
-                except OSError:
-                    pass
-                conn.close()
-            os.write(w, str(received).encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(w, f"error:{exc!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 6) == b"ready ", "squatter did not start"
-    return pid, r
-
-
-def squatter_report(pid: int, r: int) -> str:
-    out = b""
-    while chunk := os.read(r, 1024):
-        out += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return out.decode()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a listener as user nobody")
 def test_a_socket_bound_by_another_user_gets_nothing(tmp_path, capsys):
     """``nobody`` binds the socket first (the /tmp default makes this possible). The CLI's
     segment and ping, a Client and an AsyncClient each connect, read the server's uid and
     refuse it with ``untrusted_server`` before sending a byte."""
+    require_root_and_setpriv()
     folder = Path(short_tmp_socket_dir())
     os.chmod(folder, 0o777)
     path = str(folder / "squat.sock")
     image = tmp_path / "img.png"
     image.write_bytes(encode_png(np.zeros((20, 30, 3), np.uint8)))
-    pid, r = squat_as_nobody(path, connections=4)
-    try:
+    with squatter(path) as squat:
         assert cli.main(["segment", "--socket", path, "--timeout", "5", "--image", str(image),
                          "--bbox", "1,1,20,15"]) == 1
         assert cli.main(["ping", "--socket", path, "--timeout", "5"]) == 1
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 2 and all("untrusted_server" in line for line in err), err
-        assert f"uid {NOBODY}" in err[0] and path in err[0]
+        assert f"uid {nobody_uid()}" in err[0] and path in err[0]
         for transport in ("sync", "async"):
             with pytest.raises(RequestFailed) as info:
                 ping_with(transport, path, timeout=5)
             assert info.value.code == "untrusted_server"
-    finally:
-        report = squatter_report(pid, r)
-    assert report == "0", f"the squatter received {report} bytes"
+        received = bytes_received(squat, connections=4)
+    assert received == 0, f"the squatter received {received} bytes"
