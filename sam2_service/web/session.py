@@ -21,10 +21,9 @@ from functools import partial
 from typing import Any, Awaitable, Callable
 
 import orjson
-import pybase64
 
 from ..client import AsyncClient, ClientError, RequestFailed, SegmentResult
-from ..wire.codecs import decode_base64, encode_png, image_size
+from ..wire.codecs import decode_base64, encode_mask_png, image_size
 from ..wire.errors import ImageDecodeError, ImageTooLarge
 from .config import WebConfig
 
@@ -234,7 +233,7 @@ class Session:
                 await self._send_result(result, len(points))
 
     async def _send_result(self, result: SegmentResult, num_points: int) -> None:
-        png = await asyncio.to_thread(encode_png, result.mask)
-        await self._send({"type": "segmentation_result", "mask": pybase64.b64encode_as_string(png),
+        png = await asyncio.to_thread(encode_mask_png, result.mask)
+        await self._send({"type": "segmentation_result", "mask": png,
                           "score": result.score, "num_points": num_points,
                           "inference_time_ms": result.inference_time_ms})
