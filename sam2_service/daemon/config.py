@@ -20,6 +20,7 @@ from ..wire.frames import DEFAULT_SOCKET
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Allocator = Literal["tuned", "system"]
 
 
 #: SAM2.1 model name -> (hydra config inside the sam2 package, checkpoint file name).
@@ -87,6 +88,17 @@ class ServiceConfig:
                             "run one inference on a synthetic image before listening, so that "
                             "the first request is not slowed by one-time initialisation",
                             type=bool)
+    fastpath: bool = _setting(True, "--no-fastpath", "SAM2_SERVICE_FASTPATH",
+                              "run SAM2's predictor with the daemon's speed-ups: the prompt "
+                              "encoder's positional encoding computed once, masks thresholded "
+                              "before they leave the device, resize and normalisation on the "
+                              "GPU (results unchanged; turning it off is for comparisons)",
+                              type=bool)
+    allocator: Allocator = _setting("tuned", "--allocator", "SAM2_SERVICE_ALLOCATOR",
+                                    "tuned: glibc malloc keeps the image encoder's large "
+                                    "temporaries instead of mapping them afresh each time "
+                                    "(Linux with glibc; elsewhere the same as system); system: "
+                                    "malloc as it comes", choices=get_args(Allocator))
     log_file: Path | None = _setting(None, "--log-file", "SAM2_SERVICE_LOG_FILE",
                                      "JSON-lines log file (default: platform log folder)",
                                      type=Path)
@@ -160,6 +172,9 @@ class ServiceConfig:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
+        if self.allocator not in get_args(Allocator):
+            raise ValueError(f"allocator must be one of {get_args(Allocator)}, "
+                             f"not {self.allocator!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",

@@ -3,7 +3,8 @@
 :class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
 ``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
 thread-safe; :mod:`sam2_service.daemon.worker` calls them from its single inference thread.
-torch and sam2 are imported here and nowhere else in the package.
+torch and sam2 are imported here and in the engine's helpers (:mod:`.fastpath`), nowhere
+else in the package.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from ..wire.errors import InternalError
+from . import fastpath
 from .config import ServiceConfig, StartupError
 from .prompts import Prompts
 
@@ -224,6 +226,8 @@ class Sam2Engine:
         self.weights = weights
         self.load_time_ms = load_time_ms
         self.versions = package_versions()
+        #: True once :meth:`_install_fastpath` ran (``--no-fastpath`` leaves SAM2 as it is).
+        self.fastpath = False
         #: The model's identity, part of every embedding-cache key: (model name, checkpoint
         #: identity, dtype, device). The checkpoint identity is its absolute path, size and
         #: modification time (ns) when loaded, or ``dummy-seed-0`` for ``--dummy-weights``.
@@ -252,8 +256,23 @@ class Sam2Engine:
             from sam2.sam2_image_predictor import SAM2ImagePredictor
 
             predictor = SAM2ImagePredictor(model)
-        return cls(predictor, config=config, device=device, precision=precision, weights=weights,
-                   load_time_ms=(time.perf_counter() - start) * 1000)
+        engine = cls(predictor, config=config, device=device, precision=precision,
+                     weights=weights, load_time_ms=0.0)
+        if config.fastpath:
+            engine._install_fastpath()
+        engine.load_time_ms = (time.perf_counter() - start) * 1000
+        return engine
+
+    def _install_fastpath(self) -> None:
+        """:mod:`.fastpath`'s changes: the dense positional encoding computed once, and on
+        a GPU ``set_image``'s resize and normalisation moved to the device. ``predict_all``
+        takes the bool mask path whenever :attr:`fastpath` is set."""
+        with self._inference():
+            fastpath.cache_dense_pe(self.predictor.model)
+        if self.device != "cpu":
+            self.predictor._transforms = fastpath.DeviceTransforms(self.predictor._transforms,
+                                                                   self.device)
+        self.fastpath = True
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -348,16 +367,20 @@ class Sam2Engine:
         pred = self.use_embedding(embedding)
         with self._inference():
             t0 = time.perf_counter()
-            masks, scores, logits = pred.predict(
-                point_coords=prompts.point_coords,
-                point_labels=prompts.point_labels,
-                box=prompts.box,
-                mask_input=prompts.mask_input,
-                multimask_output=prompts.multimask_output,
-            )
+            if self.fastpath:
+                masks, scores, logits = fastpath.predict_masks(pred, prompts)
+            else:
+                masks, scores, logits = pred.predict(
+                    point_coords=prompts.point_coords,
+                    point_labels=prompts.point_labels,
+                    box=prompts.box,
+                    mask_input=prompts.mask_input,
+                    multimask_output=prompts.multimask_output,
+                )
+                masks = masks > 0
             ms = (time.perf_counter() - t0) * 1000
         h, w = embedding.orig_hw
-        return MaskSet(masks.reshape(-1, h, w) > 0, scores.reshape(-1).astype(np.float32),
+        return MaskSet(masks.reshape(-1, h, w), scores.reshape(-1).astype(np.float32),
                        logits.reshape(-1, *logits.shape[-2:]).astype(np.float32), ms)
 
     def free_memory(self) -> None:
@@ -402,6 +425,7 @@ class Sam2Engine:
             "weights": self.weights,
             "device": self.device,
             "dtype": self.precision,
+            "fastpath": self.fastpath,
             "loadTimeMs": round(self.load_time_ms, 1),
             "versions": dict(self.versions),
         }

@@ -25,6 +25,7 @@ from .connection import READ_CHUNK, Connection, ReadBudget
 from .dispatch import DUMMY_WARNING, Dispatcher
 from .engine import Engine, Sam2Engine, package_versions
 from .logs import event
+from .memory import tune_allocator
 from .service_files import LAUNCHD_SOCKET_NAME
 from .sockets import LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener
 from .systemd import notify, watchdog_interval
@@ -258,6 +259,8 @@ def run(config: ServiceConfig) -> int:
     process leaves with ``os._exit``: finalising the interpreter while that thread is inside
     torch aborts it (SIGABRT, exit 134) instead of the documented exit code.
     """
+    # before any thread is started (the arena limit applies to arenas made after it)
+    event(log, "Memory allocator", allocator=tune_allocator(config.allocator))
     server = Server(config)
     code = 0
     try:

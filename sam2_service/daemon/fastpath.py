@@ -1,0 +1,118 @@
+"""Speed-ups around SAM2's image predictor that keep its results (issue 14).
+
+Each function here changes where or how often SAM2's own computation runs, never what it
+computes; tests/integration/test_fastpath.py checks each against ``SAM2ImagePredictor`` with
+the same weights. torch is imported inside the functions: this module is only used by
+:mod:`sam2_service.daemon.engine` on the inference thread.
+
+* :func:`cache_dense_pe`: the prompt encoder's dense positional encoding, computed once.
+* :class:`DeviceTransforms`: ``set_image``'s resize and normalisation on the model's device
+  (CUDA, MPS) instead of the CPU.
+* :func:`predict_masks`: ``predict`` without its float copies: masks stay on the device
+  until thresholded, and only the thresholded bytes come back (pinned memory on CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def cache_dense_pe(model: Any) -> None:
+    """Make ``model.sam_prompt_encoder.get_dense_pe()`` return one precomputed tensor.
+
+    SAM2's ``PromptEncoder.get_dense_pe`` (sam2 1.1.0, ``modeling/sam/prompt_encoder.py``)
+    recomputes the same 1x256x64x64 positional encoding of the image-embedding grid on every
+    ``predict``, as a permuted (non-contiguous) view, which ``MaskDecoder.predict_masks``
+    then copies with ``repeat_interleave`` through strided reads. The encoding depends only on
+    the layer's fixed random matrix, so it is computed once here, contiguous: the same values,
+    and ``predict`` at 1080p went from 54.1 to 48.5 ms (medians of 15, 2-core CPU).
+
+    Call it inside the inference context that requests use (bfloat16 autocast on CUDA
+    changes the matmul inside), on the model's device. It sets an instance attribute on the
+    prompt encoder, so every predictor over this model (the automatic mask generator's too)
+    uses it.
+    """
+    encoder = model.sam_prompt_encoder
+    pe = type(encoder).get_dense_pe(encoder).contiguous()
+    encoder.get_dense_pe = lambda: pe
+
+
+class DeviceTransforms:
+    """``SAM2Transforms`` with its image half (to tensor, resize to the model's square
+    input, normalise) run on ``device`` instead of the CPU; the rest (``postprocess_masks``,
+    ``transform_coords``, ``transform_boxes``) is the wrapped object's.
+
+    ``SAM2ImagePredictor.set_image`` calls ``self._transforms(image)`` and moves the result
+    to the model's device; with this in place of ``_transforms`` it receives a tensor already
+    there, so the upload is the uint8 image (3 bytes a pixel) and the antialiased resize runs
+    on the GPU. The operations are SAM2Transforms' own (``ToTensor``'s permute and division
+    by 255, then its scripted ``Resize`` + ``Normalize``), so results agree within float
+    tolerance (bit for bit on the CPU).
+
+    Args:
+        base: the predictor's ``SAM2Transforms``.
+        device: torch device string (``cuda:0``, ``mps``; ``cpu`` for tests).
+    """
+
+    def __init__(self, base: Any, device: str) -> None:
+        self.base = base
+        self.device = device
+
+    def __call__(self, image: np.ndarray) -> Any:
+        """3xRxR float32 tensor on :attr:`device` (R: the model's input size, 1024) of an
+        HxWx3 uint8 RGB image."""
+        import torch
+
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
+            return self.base(image).to(self.device)  # SAM2's own path for anything else
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+        return self.base.transforms(x)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
+def predict_masks(predictor: Any, prompts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``SAM2ImagePredictor.predict(..., return_logits=False)`` returns, with the masks
+    as bool instead of float32.
+
+    SAM2's ``predict`` (sam2 1.1.0) is ``_prep_prompts`` + ``_predict`` followed by
+    ``.float().cpu().numpy()`` of each output: the thresholded masks become float32 (4
+    bytes a pixel) before leaving the device, and the daemon thresholded them again. Here
+    the same two calls run and the bool masks (``logits > mask_threshold``, computed on the
+    device by ``_predict``) are copied to host memory as they are.
+
+    Args:
+        predictor: a ``SAM2ImagePredictor`` with an image set.
+        prompts: :class:`~sam2_service.daemon.prompts.Prompts` (``point_coords`` Nx2 XY
+            pixels, ``point_labels`` N, ``box`` XYXY pixels, 4 or Bx4, ``mask_input``
+            1x256x256, ``multimask_output``).
+
+    Returns:
+        (masks, scores, low_res_logits) as SAM2's ``predict`` shapes them (batch dim
+        squeezed when it is 1): masks ...xHxW bool, scores ... float32, logits ...x256x256
+        float32.
+    """
+    mask_input, coords, labels, box = predictor._prep_prompts(
+        prompts.point_coords, prompts.point_labels, prompts.box, prompts.mask_input, True)
+    masks, iou, low_res = predictor._predict(coords, labels, box, mask_input,
+                                             prompts.multimask_output, return_logits=False)
+    return (to_host(masks.squeeze(0)), iou.squeeze(0).float().cpu().numpy(),
+            low_res.squeeze(0).float().cpu().numpy())
+
+
+def to_host(tensor: Any) -> np.ndarray:
+    """``tensor`` as a numpy array in host memory: on the CPU without a copy; from CUDA
+    through pinned (page-locked) memory, which the copy engine reads directly instead of
+    staging through a pageable buffer."""
+    import torch
+
+    if tensor.device.type == "cuda":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        torch.cuda.current_stream(tensor.device).synchronize()
+        return host.numpy()
+    return tensor.detach().cpu().numpy()
