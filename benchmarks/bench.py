@@ -11,7 +11,12 @@ machine state:
 * **daemon cold**: a segment request with an image the daemon has not seen (each round's
   image differs in one pixel, so its hash differs and its embedding is computed);
 * **daemon warm, image resent**: the same request again (its embedding is cached);
-* **daemon warm, by imageId**: the request with ``imageId`` instead of the image.
+* **daemon warm, by imageId**: the request with ``imageId`` instead of the image;
+* **daemon warm, by imageId, RLE**: the same with ``"maskEncoding": "rle"``.
+
+Two daemons run side by side (:data:`VARIANTS`): the defaults, and one with issue 14's CPU
+changes turned off (``--allocator system --no-fastpath``), their requests interleaved with
+the in-process samples, so each change's before and after come from the same run.
 
 Daemon times are what a client sees: base64 of the image (when sent), JSON, the socket both
 ways, and decoding the reply's mask to a numpy array. Both sides use the same base64
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import platform
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import orjson
@@ -53,12 +60,20 @@ sys.path.insert(0, str(ROOT / "tests"))
 from integration.conftest import reference_inference, start_daemon  # noqa: E402
 
 from sam2_service.daemon.config import MODELS  # noqa: E402
-from sam2_service.wire.codecs import decode_mask  # noqa: E402
+from sam2_service.wire.codecs import decode_any_mask  # noqa: E402
 from sam2_service.wire.frames import FrameDecoder, encode_message  # noqa: E402
 
 SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
-#: Targets of the embedding-cache issue (CPU, tiny, 1080p): (numerator, denominator, limit).
-TARGETS = {"by imageId / predict": 1.15, "resent / predict": 1.4, "cold / full": 1.15}
+#: Issue 14's targets (CPU, tiny): cold request against in-process decode + set_image +
+#: predict; warm by imageId (raw mask) against in-process predict; the same with RLE.
+TARGETS = {"cold / full": "<= 1.05", "by imageId / predict": "<= 1.05",
+           "by imageId RLE / predict": "< 1.0"}
+#: Daemons measured side by side: today's defaults, and with issue 14's CPU changes turned
+#: off (glibc malloc as it comes, SAM2's predictor untouched). Replies are written in
+#: slices in both (not a setting).
+DEFAULT = "default"
+VARIANTS = {DEFAULT: (), "--allocator system --no-fastpath": ("--allocator", "system",
+                                                                "--no-fastpath")}
 OUT = ROOT / "docs" / "benchmarks.md"
 #: Server-side stages (the reply's timingsMs) recorded for the by-imageId requests.
 SERVER_STAGES = ("decode", "predict", "mask", "queue", "total")
@@ -111,14 +126,17 @@ class RawClient:
             self.decoder.feed(self.sock.recv(1 << 20))
         reply = orjson.loads(payload)
         assert "error" not in reply, reply
-        if "maskBase64" in reply:
-            decode_mask(reply["maskBase64"], reply["maskWidth"], reply["maskHeight"])
+        if reply.get("maskWidth"):
+            decode_any_mask(reply, reply["maskWidth"], reply["maskHeight"])
         return (time.perf_counter() - t0) * 1000, reply
 
 
-def seg_request(png: bytes | None, width: int, height: int, image_id: str | None = None) -> dict:
+def seg_request(png: bytes | None, width: int, height: int, image_id: str | None = None,
+                encoding: str | None = None) -> dict:
     box = [width * 0.2, height * 0.2, width * 0.7, height * 0.8]
     req = {"width": width, "height": height, "bbox": dict(zip(("x1", "y1", "x2", "y2"), box))}
+    if encoding:
+        req["maskEncoding"] = encoding
     if image_id:
         req["imageId"] = image_id
     else:
@@ -150,39 +168,62 @@ def in_process_predict(predictor, box: np.ndarray, device: str, dtype: str) -> f
         return (time.perf_counter() - t0) * 1000
 
 
+COLUMNS = ("cold", "resent", "byid", "rle", *(f"srv_{s}" for s in SERVER_STAGES))
+
+
+def warm_round(c: RawClient, png: bytes, w: int, h: int, t: dict[str, list[float]],
+               predict: Callable[[], float]) -> None:
+    """One sample of each warm request, each after an in-process ``predict`` sample."""
+    t["predict"].append(predict())
+    ms, reply = c.ask(seg_request(png, w, h))
+    assert reply["cached"] is True
+    t["resent"].append(ms)
+    t["predict"].append(predict())
+    ms, reply = c.ask(seg_request(None, w, h, reply["imageId"]))
+    t["byid"].append(ms)
+    for stage in SERVER_STAGES:
+        t[f"srv_{stage}"].append(reply["timingsMs"][stage])
+    t["predict"].append(predict())
+    t["rle"].append(c.ask(seg_request(None, w, h, reply["imageId"], "rle"))[0])
+
+
 def measure_size(tmp: Path, serve_args: tuple[str, ...], predictor, w: int, h: int,
-                 device: str, runs: int, repeats: int) -> dict[str, float]:
-    """Medians (ms) of every column for one image size."""
+                 device: str, runs: int, repeats: int) -> dict[str, dict]:
+    """Medians (ms) of every column for one image size: ``{variant: {column: ms}}``, the
+    in-process columns under the variant ``in-process``."""
     box = np.array(list(seg_request(None, w, h)["bbox"].values()), dtype=np.float32)
     images = [photo(w, h, v) for v in range(runs + 2)]
-    daemon = start_daemon(tmp, *serve_args)
-    t: dict[str, list[float]] = {k: [] for k in ("full", "predict", "cold", "resent", "byid",
-                                                 *(f"srv_{s}" for s in SERVER_STAGES))}
+    daemons = {}
+    for i, (v, args) in enumerate(VARIANTS.items()):
+        (folder := tmp / f"{w}x{h}-{i}").mkdir()
+        daemons[v] = start_daemon(folder, *serve_args, *args)
+    inproc: dict[str, list[float]] = {"full": [], "predict": []}
+    t = {v: {k: [] for k in COLUMNS} | {"predict": inproc["predict"]} for v in VARIANTS}
+    first = {}
     try:
-        c = RawClient(daemon.socket_path)
-        first, _ = c.ask(seg_request(images[-1], w, h))
-        _, info = c.ask({"op": "info"})
-        dtype = info["dtype"]
+        clients = {v: RawClient(d.socket_path) for v, d in daemons.items()}
+        for v, c in clients.items():
+            first[v] = c.ask(seg_request(images[-1], w, h))[0]
+        dtype = next(iter(clients.values())).ask({"op": "info"})[1]["dtype"]
         in_process_full(predictor, images[-2], box, device, dtype)  # this side's warm-up
+        predict = functools.partial(in_process_predict, predictor, box, device, dtype)
         for png in images[:runs]:
-            t["full"].append(in_process_full(predictor, png, box, device, dtype))
-            ms, reply = c.ask(seg_request(png, w, h))
-            assert reply["cached"] is False
-            t["cold"].append(ms)
-            for _ in range(repeats):  # one in-process predict before each warm request
-                t["predict"].append(in_process_predict(predictor, box, device, dtype))
+            inproc["full"].append(in_process_full(predictor, png, box, device, dtype))
+            for v, c in clients.items():
                 ms, reply = c.ask(seg_request(png, w, h))
-                assert reply["cached"] is True
-                t["resent"].append(ms)
-                t["predict"].append(in_process_predict(predictor, box, device, dtype))
-                ms, reply = c.ask(seg_request(None, w, h, reply["imageId"]))
-                t["byid"].append(ms)
-                for stage in SERVER_STAGES:
-                    t[f"srv_{stage}"].append(reply["timingsMs"][stage])
+                assert reply["cached"] is False
+                t[v]["cold"].append(ms)
+            for _ in range(repeats):
+                for v, c in clients.items():
+                    warm_round(c, png, w, h, t[v], predict)
     finally:
-        daemon.stop()
-    return {"first": first, "dtype": info["dtype"],
-            **{k: statistics.median(v) for k, v in t.items()}}
+        for d in daemons.values():
+            d.stop()
+    out = {"in-process": {k: statistics.median(x) for k, x in inproc.items()} | {"dtype": dtype}}
+    for v in VARIANTS:
+        out[v] = {k: statistics.median(x) for k, x in t[v].items() if k != "predict"}
+        out[v]["first"] = first[v]
+    return out
 
 
 def machine(device: str) -> str:
@@ -201,28 +242,39 @@ def machine(device: str) -> str:
 
 def table(rows: dict[str, dict], header: str) -> str:
     lines = [header, "",
-             "| image (PNG) | in-process full | in-process predict | daemon cold | daemon warm, "
-             "resent | daemon warm, by imageId | first request after start "
-             "| by imageId / predict | resent / predict | cold / full |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, r in rows.items():
-        ratios = [r["byid"] / r["predict"], r["resent"] / r["predict"], r["cold"] / r["full"]]
-        marks = [f"{x:.2f}x {'ok' if x <= lim else 'MISSED'} (<= {lim})"
-                 for x, lim in zip(ratios, TARGETS.values())]
-        lines.append(f"| {label} | {r['full']:.1f} | {r['predict']:.1f} | {r['cold']:.1f} "
-                     f"| {r['resent']:.1f} | {r['byid']:.1f} | {r['first']:.1f} | "
-                     + " | ".join(marks) + " |")
-    lines += ["", "Where a warm by-imageId request's time goes (medians, ms): the daemon's own "
-              "timingsMs, and the rest of the client's round trip (JSON, framing, socket both "
-              "ways, the reply's mask decode).", "",
+             "| image (PNG) | daemon | in-process full | in-process predict | daemon cold "
+             "| warm, resent | warm, by imageId | warm, by imageId, RLE | first request "
+             "| cold / full | by imageId / predict | by imageId RLE / predict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, by_variant in rows.items():
+        ip = by_variant["in-process"]
+        for v in VARIANTS:
+            r = by_variant[v]
+            ratios = [r["cold"] / ip["full"], r["byid"] / ip["predict"],
+                      r["rle"] / ip["predict"]]
+            marks = [f"{x:.2f}x {'ok' if ok(x, lim) else 'MISSED'} ({lim})"
+                     for x, lim in zip(ratios, TARGETS.values())]
+            lines.append(f"| {label} | {v} | {ip['full']:.1f} | {ip['predict']:.1f} "
+                         f"| {r['cold']:.1f} | {r['resent']:.1f} | {r['byid']:.1f} "
+                         f"| {r['rle']:.1f} | {r['first']:.1f} | " + " | ".join(marks) + " |")
+    lines += ["", "Where a warm by-imageId request's time goes (medians, ms; the default "
+              "daemon): the daemon's own timingsMs, and the rest of the client's round trip "
+              "(JSON, framing, socket both ways, the reply's mask decode).", "",
               "| image | round trip | daemon total | decode+checks | predict | mask to base64 "
               "| queue (thread hand-off) | outside the daemon |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, r in rows.items():
+    for label, by_variant in rows.items():
+        r = by_variant[DEFAULT]
         lines.append(f"| {label} | {r['byid']:.1f} | {r['srv_total']:.1f} | {r['srv_decode']:.1f} "
                      f"| {r['srv_predict']:.1f} | {r['srv_mask']:.1f} | {r['srv_queue']:.2f} "
                      f"| {r['byid'] - r['srv_total']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def ok(ratio: float, limit: str) -> bool:
+    """``limit`` is ``<= 1.05`` or ``< 1.0``."""
+    op, value = limit.split()
+    return ratio <= float(value) if op == "<=" else ratio < float(value)
 
 
 def write_section(kind: str, text: str, path: Path = OUT) -> None:
@@ -266,7 +318,7 @@ def main() -> int:
     from sam2_service.daemon.engine import package_versions
 
     v = package_versions()
-    dtype = next(iter(rows.values()))["dtype"]
+    dtype = next(iter(rows.values()))["in-process"]["dtype"]
     header = (f"SAM2.1 {args.model}, device {args.device} ({machine(args.device)}), dtype {dtype}; "
               f"torch {torch.__version__}, sam2 {v['sam2']}, Python {v['python']}, "
               f"service {v['service']}; {args.runs} rounds x {args.repeats} warm samples; "

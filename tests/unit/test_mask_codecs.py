@@ -77,7 +77,8 @@ def test_png_is_8_bit_greyscale():
 @pytest.mark.parametrize("rle", [
     None, {"size": [2, 3], "counts": [6]}, {"size": [3, 2], "counts": [5]},
     {"size": [3, 2], "counts": [3, -1, 4]}, {"size": [3, 2], "counts": "abc"},
-    {"size": [3, 2], "counts": [True, 5]},
+    {"size": [3, 2], "counts": [True, 5]}, {"size": [3, 2], "counts": [1, 5.0]},
+    {"size": [3, 2], "counts": [2**70, 6]}, {"size": [3, 2], "counts": [[6]]},
 ])
 def test_bad_rle_is_refused(rle):
     with pytest.raises(ValueError):
