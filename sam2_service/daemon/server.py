@@ -148,8 +148,10 @@ class Server:
 
     async def _start_workers(self) -> None:
         """One worker per device (or per given engine), each model loaded and warmed up on
-        its own inference thread (every torch call of a model on one thread; the devices in
-        parallel)."""
+        its own inference thread (every torch call of a model on one thread). The models are
+        built one after another: two at once race in ``torch.jit.script``'s global registry
+        (sam2's ``SAM2Transforms``; a ``KeyError`` in ``_clear_fn_overloads``). The warm-ups
+        run in parallel."""
         cfg = self.config
         if self._given is not None:
             devices = [e.device for e in self._given]
@@ -163,8 +165,8 @@ class Server:
                    for i in range(len(devices))]
         self.pool, self.worker = DevicePool(workers), workers[0]
         if self._given is None:
-            await asyncio.gather(*(w.load(functools.partial(Sam2Engine.load, cfg, device))
-                                   for w, device in zip(workers, devices)))
+            for w, device in zip(workers, devices):
+                await w.load(functools.partial(Sam2Engine.load, cfg, device))
         self.engine = workers[0].engine
         for i, w in enumerate(workers):
             eng = w.engine
