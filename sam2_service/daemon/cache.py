@@ -79,6 +79,11 @@ class EmbeddingCache(Generic[V]):
         self._bytes += nbytes
         return True
 
+    def holds(self, image_id: str) -> bool:
+        """True if an entry of ``image_id`` (whatever its model) is kept; counts nothing
+        and leaves the order as it is."""
+        return any(k[0] == image_id for k in self._entries)
+
     def release(self, image_id: str) -> int:
         """Drop every entry of ``image_id`` (whatever its model); returns how many were dropped."""
         keys = [k for k in self._entries if k[0] == image_id]
@@ -145,6 +150,10 @@ class LogitsCache:
             return None
         self._items.move_to_end(mask_id)
         return item[2]
+
+    def holds(self, image_id: str) -> bool:
+        """True if a mask of ``image_id`` is kept."""
+        return any(v[0] == image_id for v in self._items.values())
 
     def release(self, image_id: str) -> int:
         """Drop every entry of ``image_id``; returns how many were dropped."""

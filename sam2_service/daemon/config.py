@@ -37,6 +37,8 @@ MODELS: Mapping[str, tuple[str, str]] = {
 PILLOW_BOMB_PIXELS = 2 * 89_478_485
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: ``--device cuda:all``: one model on each visible CUDA device (expanded at start-up).
+ALL_CUDA = "cuda:all"
 
 
 def default_log_file(platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> Path:
@@ -77,7 +79,9 @@ class ServiceConfig:
                                        "checkpoint file (default checkpoints/sam2.1_hiera_<model>.pt)",
                                        type=Path)
     device: str = _setting("auto", "--device", "SAM2_SERVICE_DEVICE",
-                           "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+                           "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; a "
+                           "comma-separated list of these (e.g. cuda:0,cuda:1) or cuda:all "
+                           "loads one model per device")
     precision: Precision = _setting("auto", "--precision", "SAM2_SERVICE_PRECISION",
                                     "auto: bfloat16 autocast on CUDA (as the sam2 examples), "
                                     "float32 elsewhere", choices=get_args(Precision))
@@ -170,8 +174,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
-        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
+        parse_devices(self.device)
         if self.allocator not in get_args(Allocator):
             raise ValueError(f"allocator must be one of {get_args(Allocator)}, "
                              f"not {self.allocator!r}")
@@ -200,6 +203,12 @@ class ServiceConfig:
             raise ValueError("logits_cache_entries must be 0 (keep none) or positive")
 
     @property
+    def devices(self) -> list[str]:
+        """:attr:`device` as a list of device specs, one model each (``cuda:all`` stays one
+        item, expanded at start-up by :func:`sam2_service.daemon.devices.expand_devices`)."""
+        return parse_devices(self.device)
+
+    @property
     def model_config(self) -> str:
         """The sam2 package's hydra config name for :attr:`model`."""
         return MODELS[self.model][0]
@@ -213,6 +222,23 @@ class ServiceConfig:
     def log_path(self) -> Path:
         """:attr:`log_file`, or :func:`default_log_file`, made absolute."""
         return (self.log_file or default_log_file()).expanduser().absolute()
+
+
+def parse_devices(text: object) -> list[str]:
+    """``--device`` text -> its device specs: ``auto``, ``cpu``, ``mps``, ``cuda``, ``cuda:N``,
+    or several of these separated by commas (no spaces; one may repeat, for two models on one
+    device), or ``cuda:all`` alone.
+
+    Raises:
+        ValueError: naming ``device``, on any other text.
+    """
+    specs = text.split(",") if isinstance(text, str) else []
+    if specs == [ALL_CUDA]:
+        return specs
+    if not specs or not all(_DEVICE_RE.fullmatch(s) for s in specs):
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps, a comma-separated list "
+                         f"of these (e.g. cuda:0,cuda:1), or cuda:all; not {text!r}")
+    return specs
 
 
 def settings() -> list[dataclasses.Field]:

@@ -45,6 +45,7 @@ from ..wire.schema import (
 )
 from .auto import AutoRunner
 from .config import ServiceConfig
+from .devices import DevicePool
 from .engine import Engine
 from .logs import event
 from .worker import InferenceWorker, SegmentOutcome
@@ -67,17 +68,20 @@ Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
 
 
 class Dispatcher:
-    """Turns a frame's payload into its reply, using the worker for model work.
+    """Turns a frame's payload into its reply, using the workers for model work.
 
     Args:
         config: the daemon's settings (``max_points``, ``request_timeout`` and what
             ``info`` reports).
-        worker: the inference worker, with its engine loaded.
+        worker: the inference worker, with its engine loaded; or a :class:`DevicePool` of
+            one per device (``--device cuda:0,cuda:1``), which picks one per request.
     """
 
-    def __init__(self, config: ServiceConfig, worker: InferenceWorker) -> None:
+    def __init__(self, config: ServiceConfig, worker: InferenceWorker | DevicePool) -> None:
         self.config = config
-        self.worker = worker
+        self.pool = worker if isinstance(worker, DevicePool) else DevicePool([worker])
+        #: The first device's worker: what ``info``'s top-level fields describe.
+        self.worker = self.pool.workers[0]
         #: op name -> handler(request, arrived); the one routing table.
         self.handlers: dict[str, Handler] = {
             "ping": self._ping,
@@ -87,12 +91,13 @@ class Dispatcher:
             "release": self._release,
             "auto": self._auto,
         }
-        #: Auto requests in progress (``info``'s ``auto``); see :mod:`.auto`.
-        self.auto_runner = AutoRunner(worker, config.auto_step_points)
+        #: Auto requests in progress (``info``'s ``auto``), one runner per worker; see :mod:`.auto`.
+        self.auto_runners = {w: AutoRunner(w, config.auto_step_points) for w in self.pool.workers}
+        self.auto_runner = self.auto_runners[self.worker]
 
     @property
     def engine(self) -> Engine:
-        """The worker's loaded engine."""
+        """The first worker's loaded engine."""
         assert self.worker.engine is not None
         return self.worker.engine
 
@@ -170,7 +175,8 @@ class Dispatcher:
         event(log, "Received request", requestId=request.request_id,
               hasBbox=request.bbox is not None, points=len(request.points),
               imageChars=len(request.image_base64 or ""), imageId=request.image_id)
-        out = await self.worker.segment(request, arrived + self.config.request_timeout)
+        async with self.pool.worker_for(request) as worker:
+            out = await worker.segment(request, arrived + self.config.request_timeout)
         t0 = time.perf_counter()
         if request.extended:
             return await self._segment_extended(request, out, arrived, t0)
@@ -216,7 +222,8 @@ class Dispatcher:
             candidates=candidates, masks=masks)
 
     async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
-        out = await self.worker.embed(request, arrived + self.config.request_timeout)
+        async with self.pool.worker_for(request) as worker:
+            out = await worker.embed(request, arrived + self.config.request_timeout)
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
               cached=out.cached, width=out.width, height=out.height,
@@ -225,7 +232,7 @@ class Dispatcher:
                               image_id=out.image_id, cached=out.cached, timings=timings)
 
     async def _release(self, request: ReleaseRequest, arrived: float) -> dict[str, Any]:
-        released = self.worker.release(request.image_id)
+        released = self.pool.release(request.image_id)
         event(log, "Image released", requestId=request.request_id, imageId=request.image_id,
               released=released)
         return release_response(request.request_id, image_id=request.image_id, released=released)
@@ -234,7 +241,8 @@ class Dispatcher:
         event(log, "Received request", requestId=request.request_id, op="auto",
               tileShape=request.tile_shape, halo=request.halo, imageId=request.image_id,
               imageChars=len(request.image_base64 or ""))
-        out = await self.auto_runner.run(request, arrived + self.config.auto_timeout)
+        async with self.pool.worker_for(request) as worker:
+            out = await self.auto_runners[worker].run(request, arrived + self.config.auto_timeout)
         labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         h, w = out.labels.shape
@@ -264,7 +272,8 @@ class Dispatcher:
             "maskEncodings": list(MASK_ENCODINGS),
             "features": list(FEATURES),
             "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total}
-                     for p in self.auto_runner.running.values()],
+                     for r in self.auto_runners.values() for p in r.running.values()],
+            "devices": self.pool.info(),
         }
         if engine.weights == "dummy":
             info["warning"] = DUMMY_WARNING

@@ -138,13 +138,14 @@ def check_device(config: ServiceConfig) -> Check:
     if _import("torch") is None:
         return Check("device", WARN, f"{config.device}: not checked, torch is missing", INSTALL_FIX)
     from .config import StartupError
-    from .engine import resolve_device, resolve_precision
+    from .engine import expand_devices, resolve_device, resolve_precision
 
     try:
-        device = resolve_device(config.device)
+        devices = [resolve_device(d) for d in expand_devices(config.devices)]
     except StartupError as exc:
         return Check("device", FAIL, str(exc), "pass --device auto or cpu (SAM2_SERVICE_DEVICE)")
-    precision = resolve_precision(config.precision, device)
+    precision = "/".join(dict.fromkeys(resolve_precision(config.precision, d) for d in devices))
+    device = ",".join(devices)
     shown = device if config.device == device else f"{config.device} -> {device}"
     return Check("device", OK, f"{shown}, precision {precision}")
 

@@ -15,13 +15,13 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..wire.errors import InternalError
 from . import fastpath
-from .config import ServiceConfig, StartupError
+from .config import ALL_CUDA, ServiceConfig, StartupError
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -165,6 +165,29 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def cuda_device_count() -> int:
+    """CUDA devices visible to torch (0 without CUDA), for ``--device cuda:all``."""
+    torch = _import_torch()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def expand_devices(specs: list[str], cuda_count: Callable[[], int] = cuda_device_count
+                   ) -> list[str]:
+    """``ServiceConfig.devices`` with ``cuda:all`` made ``cuda:0`` .. ``cuda:N-1`` (N from
+    ``cuda_count()``, torch's device count; tests pass their own). One model per item.
+
+    Raises:
+        StartupError: ``cuda:all`` with no CUDA device visible.
+    """
+    if specs != [ALL_CUDA]:
+        return list(specs)
+    count = cuda_count()
+    if count < 1:
+        raise StartupError("--device cuda:all: no CUDA device is visible to torch; "
+                           "use --device cpu or auto")
+    return [f"cuda:{i}" for i in range(count)]
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` is bfloat16 autocast on CUDA (as the sam2 examples do) and float32 elsewhere."""
     if precision == "auto":
@@ -234,8 +257,9 @@ class Sam2Engine:
         self.model_id: tuple[str, ...] = self._identity()
 
     @classmethod
-    def load(cls, config: ServiceConfig) -> "Sam2Engine":
-        """Build the model named by ``config`` on its device.
+    def load(cls, config: ServiceConfig, device: str | None = None) -> "Sam2Engine":
+        """Build the model named by ``config`` on ``device`` (one of ``config.devices``,
+        ``cuda:all`` expanded; default the first).
 
         Raises:
             StartupError: torch or sam2 missing, device unavailable, checkpoint missing or
@@ -243,7 +267,7 @@ class Sam2Engine:
         """
         start = time.perf_counter()
         torch = _import_torch()
-        device = resolve_device(config.device)
+        device = resolve_device(device or expand_devices(config.devices)[0])
         precision = resolve_precision(config.precision, device)
         if device.startswith("cuda") and torch.cuda.get_device_properties(device).major >= 8:
             # TF32 on Ampere and newer, as in sam2's notebooks/image_predictor_example.ipynb.

@@ -98,6 +98,13 @@ class InferenceThread:
         return self._waiting
 
     @property
+    def in_flight(self) -> int:
+        """Jobs accepted and not yet finished: :attr:`waiting`, plus 1 while one runs (for
+        :class:`sam2_service.daemon.devices.DevicePool`'s choice of the least-loaded device)."""
+        with self._cond:
+            return self._waiting + (self._running is not None)
+
+    @property
     def alive(self) -> bool:
         """True while the inference thread runs."""
         return self._thread.is_alive()

@@ -4,7 +4,8 @@
 Data flows one way: socket bytes -> :class:`~sam2_service.daemon.connection.Connection`
 (frames) -> :class:`~sam2_service.daemon.dispatch.Dispatcher` (request -> reply, the only
 place where exceptions become error responses) -> :class:`~sam2_service.daemon.worker.InferenceWorker`
-(the model's thread) -> reply -> frame -> socket.
+(the model's thread; one per device, :class:`~sam2_service.daemon.devices.DevicePool`) -> reply
+-> frame -> socket.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import os
 import signal
 import socket
 import sys
-import time
+from typing import Sequence
 
 from .accept import accept_loop, raise_nofile_limit
-from .config import ServiceConfig, StartupError
+from .config import ALL_CUDA, ServiceConfig, StartupError
 from .connection import READ_CHUNK, Connection, ReadBudget
+from .devices import DevicePool
 from .dispatch import DUMMY_WARNING, Dispatcher
-from .engine import Engine, Sam2Engine, package_versions
+from .engine import Engine, Sam2Engine, expand_devices, package_versions
 from .logs import event
 from .memory import tune_allocator
 from .service_files import LAUNCHD_SOCKET_NAME
@@ -39,13 +41,19 @@ class Server:
 
     Args:
         config: all settings.
-        engine: an already loaded engine (tests); by default :meth:`startup` loads one.
+        engine: an already loaded engine, or a list of them, one worker each (tests); by
+            default :meth:`startup` loads one per device of ``config.devices``.
     """
 
-    def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
+    def __init__(self, config: ServiceConfig,
+                 engine: Engine | Sequence[Engine] | None = None) -> None:
         self.config = config
-        self.engine = engine
+        self._given = None if engine is None else (
+            list(engine) if isinstance(engine, (list, tuple)) else [engine])
+        #: The first device's engine and worker (once started); :attr:`pool` holds them all.
+        self.engine: Engine | None = self._given[0] if self._given else None
         self.worker: InferenceWorker | None = None
+        self.pool: DevicePool | None = None
         self.dispatcher: Dispatcher | None = None
         self._listener: socket.socket | None = None  # the listening socket, once listening
         self._acceptor: asyncio.Task | None = None  # accept_loop on it
@@ -113,8 +121,8 @@ class Server:
         self.stop()
 
     async def startup(self) -> None:
-        """Take the service manager's socket or check ours, load the model (if not given),
-        start the worker, listen, and tell systemd we are ready."""
+        """Take the service manager's socket or check ours, start one worker per device
+        with its model (loaded unless given), listen, and tell systemd we are ready."""
         cfg = self.config
         event(log, "Starting sam2-service", **package_versions(), model=cfg.model,
               device=cfg.device, socket=cfg.socket_path, logFile=str(cfg.log_path))
@@ -122,21 +130,8 @@ class Server:
         inherited = inherited_listener(LAUNCHD_SOCKET_NAME)
         if inherited is None:
             check_socket_path(cfg.socket_path)
-        self.worker = InferenceWorker(self.engine, cfg.max_image_pixels,
-                                      cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue,
-                                      logits_entries=cfg.logits_cache_entries)
-        if self.engine is None:  # on the inference thread: all torch work stays on one thread
-            self.engine = await self.worker.load(functools.partial(Sam2Engine.load, cfg))
-        eng = self.engine
-        event(log, "Model loaded successfully", loadTimeMs=round(eng.load_time_ms, 1),
-              device=eng.device, dtype=eng.precision, model=cfg.model, weights=eng.weights,
-              checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path))
-        if eng.weights == "dummy":
-            event(log, DUMMY_WARNING, logging.WARNING)
-        if cfg.warmup:
-            warmup_ms = await self.worker.warmup()
-            event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1))
-        self.dispatcher = Dispatcher(cfg, self.worker)
+        await self._start_workers()
+        self.dispatcher = Dispatcher(cfg, self.pool)
         if self._stop.is_set():  # never bind once a stop was requested
             return
         sock = inherited or self._bind()
@@ -152,6 +147,42 @@ class Server:
         if interval:
             self._watchdog = asyncio.ensure_future(self._watchdog_pings(interval))
 
+    async def _start_workers(self) -> None:
+        """One worker per device (or per given engine), each model loaded and warmed up on
+        its own inference thread (every torch call of a model on one thread). The models are
+        built one after another: two at once race in ``torch.jit.script``'s global registry
+        (sam2's ``SAM2Transforms``; a ``KeyError`` in ``_clear_fn_overloads``). The warm-ups
+        run in parallel."""
+        cfg = self.config
+        if self._given is not None:
+            devices = [e.device for e in self._given]
+        elif cfg.devices == [ALL_CUDA]:  # torch's device count, off the event loop
+            devices = await asyncio.to_thread(expand_devices, cfg.devices)
+        else:
+            devices = cfg.devices
+        workers = [InferenceWorker(self._given[i] if self._given else None, cfg.max_image_pixels,
+                                   cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue,
+                                   logits_entries=cfg.logits_cache_entries)
+                   for i in range(len(devices))]
+        self.pool, self.worker = DevicePool(workers), workers[0]
+        if self._given is None:
+            for w, device in zip(workers, devices):
+                await w.load(functools.partial(Sam2Engine.load, cfg, device))
+        self.engine = workers[0].engine
+        for i, w in enumerate(workers):
+            eng = w.engine
+            event(log, "Model loaded successfully", loadTimeMs=round(eng.load_time_ms, 1),
+                  device=eng.device, dtype=eng.precision, model=cfg.model, weights=eng.weights,
+                  checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path),
+                  **({"deviceIndex": i} if len(workers) > 1 else {}))
+        if self.engine.weights == "dummy":
+            event(log, DUMMY_WARNING, logging.WARNING)
+        if cfg.warmup:
+            times = await asyncio.gather(*(w.warmup() for w in workers))
+            for w, warmup_ms in zip(workers, times):
+                event(log, "Warm-up complete", warmupMs=round(warmup_ms, 1),
+                      device=w.engine.device)
+
     def _bind(self) -> socket.socket:
         """Bind our own socket (not socket-activated) and remember its inode for unlinking."""
         sock = bind_unix_socket(self.config.socket_path)
@@ -160,19 +191,18 @@ class Server:
         return sock
 
     async def _watchdog_pings(self, interval: float) -> None:
-        """``WATCHDOG=1`` every ``interval / 2`` s while the inference thread is healthy:
+        """``WATCHDOG=1`` every ``interval / 2`` s while every inference thread is healthy:
         alive, and not stuck in one job for longer than ``interval``. A hung inference thread
         stops the pings, so systemd restarts the daemon (``WatchdogSec=``)."""
-        assert self.worker is not None
+        assert self.pool is not None
         while True:
-            since = self.worker.running_since
-            stuck = since is not None and time.monotonic() - since > interval
-            if self.worker.alive and not stuck:
+            stuck, running_for = self.pool.stuck(interval)
+            if not stuck:
                 notify("WATCHDOG=1")
             else:
                 event(log, "Inference thread unresponsive; watchdog pings stopped",
-                      logging.ERROR, runningForS=None if since is None
-                      else round(time.monotonic() - since, 1))
+                      logging.ERROR, runningForS=None if running_for is None
+                      else round(running_for, 1))
             await asyncio.sleep(interval / 2)
 
     async def shutdown(self) -> None:
@@ -188,8 +218,8 @@ class Server:
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._stop.set()
-        if self.worker is not None:
-            failed = self.worker.fail_waiting()
+        if self.pool is not None:
+            failed = self.pool.fail_waiting()
             if failed:
                 event(log, "Refused queued requests", queued=failed, code="shutting_down")
         for task, conn in list(self._conns.items()):
@@ -197,7 +227,7 @@ class Server:
                 task.cancel()
         if self._conns:
             done, pending = await asyncio.wait(list(self._conns), timeout=self.config.shutdown_timeout)
-            if pending and self.worker is not None and self.worker.fail_running(
+            if pending and self.pool is not None and self.pool.fail_running(
                     "the daemon is shutting down; the request did not finish within the "
                     f"shutdown timeout ({self.config.shutdown_timeout} s)"):
                 _, pending = await asyncio.wait(pending, timeout=1.0)
@@ -205,8 +235,8 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        if self.worker is not None:
-            self.worker.close()
+        if self.pool is not None:
+            self.pool.close()
         self._unlink_socket()
         if self._acceptor is not None:
             event(log, "Server stopped", socket=self.config.socket_path)
@@ -252,10 +282,10 @@ class Server:
 def run(config: ServiceConfig) -> int:
     """Serve until stopped; returns the process exit code (0 clean, 1 startup failure).
 
-    After the loop ends, waits for a job still running on the inference thread (one whose
-    client hung up, or that outlived the shutdown timeout) for what is left of
+    After the loop ends, waits for a job still running on an inference thread (one whose
+    client hung up, or that outlived the shutdown timeout; every device's) for what is left of
     ``shutdown_timeout`` (nothing, when a stop abandoned the start-up: a model load or
-    warm-up still running is not waited for). If it still runs, the logs are flushed and the
+    warm-up still running is not waited for). If one still runs, the logs are flushed and the
     process leaves with ``os._exit``: finalising the interpreter while that thread is inside
     torch aborts it (SIGABRT, exit 134) instead of the documented exit code.
     """
@@ -268,10 +298,8 @@ def run(config: ServiceConfig) -> int:
     except StartupError as exc:
         event(log, str(exc), logging.ERROR)
         code = 1
-    worker = server.worker
-    wait = 0.0 if server.abandoned else (worker.shutdown_time_left(config.shutdown_timeout)
-                                         if worker is not None else 0.0)
-    if worker is not None and not worker.close(wait):
+    pool = server.pool
+    if pool is not None and not pool.close(0.0 if server.abandoned else config.shutdown_timeout):
         event(log, "Inference still running at exit; leaving without waiting for it",
               logging.WARNING, shutdownTimeout=config.shutdown_timeout)
         logging.shutdown()

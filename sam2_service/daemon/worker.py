@@ -133,6 +133,12 @@ class InferenceWorker(InferenceThread):
             self.logits.release(image_id)
             return self.cache.release(image_id) > 0
 
+    def holds(self, image_id: str) -> bool:
+        """True if this worker keeps ``image_id``'s embedding or a mask of it (``maskInput``);
+        a lookup that counts no cache hit or miss."""
+        with self._cache_lock:
+            return self.cache.holds(image_id) or self.logits.holds(image_id)
+
     def cache_stats(self) -> CacheStats:
         """The embedding cache's counters."""
         with self._cache_lock:

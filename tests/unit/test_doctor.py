@@ -93,6 +93,17 @@ def test_device_resolution():
     assert auto.status == OK and auto.detail.startswith("auto -> ")
 
 
+def test_every_listed_device_is_resolved():
+    c = doctor.check_device(config(device="cpu,cpu"))
+    assert c.status == OK and c.detail == "cpu,cpu, precision float32"
+    import torch
+
+    if not torch.cuda.is_available():
+        for device in ("cuda:all", "cpu,cuda"):
+            c = doctor.check_device(config(device=device))
+            assert c.failed and "--device" in c.fix, c
+
+
 def test_unavailable_requested_device_fails():
     import torch
 
