@@ -258,8 +258,7 @@ def load_encoder(config: ServiceConfig, model: Any, dummy: bool) -> OnnxEncoder:
             _export_checked(model, path)
             export_ms = (time.perf_counter() - t0) * 1000
             session = _load_session(path, cached=False)
-        event(log, "ONNX encoder exported", exportMs=round(export_ms, 1), path=None,
-              cached=False)
+        event(log, "ONNX encoder exported", exportMs=round(export_ms, 1), path=None)
         return OnnxEncoder(session, None, False, export_ms)
     path, hit = find_or_export(cache_name(config), cache_dirs(config.checkpoint_path),
                                lambda tmp: _export_checked(model, tmp))
