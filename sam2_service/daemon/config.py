@@ -19,6 +19,7 @@ from ..wire.frames import DEFAULT_SOCKET
 
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
+Backend = Literal["torch", "onnxruntime"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Allocator = Literal["tuned", "system"]
 
@@ -85,6 +86,10 @@ class ServiceConfig:
     precision: Precision = _setting("auto", "--precision", "SAM2_SERVICE_PRECISION",
                                     "auto: bfloat16 autocast on CUDA (as the sam2 examples), "
                                     "float32 elsewhere", choices=get_args(Precision))
+    backend: Backend = _setting("torch", "--backend", "SAM2_SERVICE_BACKEND",
+                                "what runs the image encoder: torch, or onnxruntime (CPU only; "
+                                "exported once, cached next to the checkpoint)",
+                                choices=get_args(Backend))
     dummy_weights: bool = _setting(False, "--dummy-weights", "SAM2_SERVICE_DUMMY_WEIGHTS",
                                    "random-init model for smoke tests (masks are meaningless)",
                                    type=bool)
@@ -180,6 +185,8 @@ class ServiceConfig:
                              f"not {self.allocator!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
+        if self.backend not in get_args(Backend):
+            raise ValueError(f"backend must be one of {get_args(Backend)}, not {self.backend!r}")
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
                      "max_connections", "max_buffered_bytes", "write_timeout",

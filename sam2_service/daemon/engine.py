@@ -22,6 +22,7 @@ import numpy as np
 from ..wire.errors import InternalError
 from . import fastpath
 from .config import ALL_CUDA, ServiceConfig, StartupError
+from .onnx_encoder import backend_device, load_encoder
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -240,6 +241,10 @@ class Sam2Engine:
     Build with :meth:`load`; call :meth:`embed` and :meth:`predict` from one thread at a time.
     """
 
+    #: ``--backend onnxruntime``: the image encoder as an ONNX Runtime session
+    #: (:class:`~sam2_service.daemon.onnx_encoder.OnnxEncoder`); None: torch.
+    encoder: Any = None
+
     def __init__(self, predictor: Any, *, config: ServiceConfig, device: str, precision: str,
                  weights: str, load_time_ms: float) -> None:
         self.predictor = predictor
@@ -252,7 +257,7 @@ class Sam2Engine:
         #: True once :meth:`_install_fastpath` ran (``--no-fastpath`` leaves SAM2 as it is).
         self.fastpath = False
         #: The model's identity, part of every embedding-cache key: (model name, checkpoint
-        #: identity, dtype, device). The checkpoint identity is its absolute path, size and
+        #: identity, dtype, device, backend). The checkpoint identity is its absolute path, size and
         #: modification time (ns) when loaded, or ``dummy-seed-0`` for ``--dummy-weights``.
         self.model_id: tuple[str, ...] = self._identity()
 
@@ -267,7 +272,8 @@ class Sam2Engine:
         """
         start = time.perf_counter()
         torch = _import_torch()
-        device = resolve_device(device or expand_devices(config.devices)[0])
+        device = resolve_device(backend_device(config,
+                                               device or expand_devices(config.devices)[0]))
         precision = resolve_precision(config.precision, device)
         if device.startswith("cuda") and torch.cuda.get_device_properties(device).major >= 8:
             # TF32 on Ampere and newer, as in sam2's notebooks/image_predictor_example.ipynb.
@@ -280,8 +286,11 @@ class Sam2Engine:
             from sam2.sam2_image_predictor import SAM2ImagePredictor
 
             predictor = SAM2ImagePredictor(model)
+            encoder = (load_encoder(config, model, dummy=weights == "dummy")
+                       if config.backend == "onnxruntime" else None)
         engine = cls(predictor, config=config, device=device, precision=precision,
                      weights=weights, load_time_ms=0.0)
+        engine.encoder = encoder
         if config.fastpath:
             engine._install_fastpath()
         engine.load_time_ms = (time.perf_counter() - start) * 1000
@@ -317,7 +326,7 @@ class Sam2Engine:
             path = self.config.checkpoint_path
             st = path.stat() if path.exists() else None
             ckpt = f"{path}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
-        return (self.config.model, ckpt, self.precision, self.device)
+        return (self.config.model, ckpt, self.precision, self.device, self.config.backend)
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Compute the image embedding of ``image`` (SAM2's ``set_image``).
@@ -327,7 +336,10 @@ class Sam2Engine:
         """
         with self._inference():
             t0 = time.perf_counter()
-            self.predictor.set_image(image)
+            if self.encoder is not None:
+                self.encoder.set_image(self.predictor, image)
+            else:
+                self.predictor.set_image(image)
             ms = (time.perf_counter() - t0) * 1000
         feats = self.predictor._features
         tensors = [feats["image_embed"], *feats["high_res_feats"]]
@@ -450,6 +462,7 @@ class Sam2Engine:
             "device": self.device,
             "dtype": self.precision,
             "fastpath": self.fastpath,
+            "backend": self.config.backend,
             "loadTimeMs": round(self.load_time_ms, 1),
             "versions": dict(self.versions),
         }
