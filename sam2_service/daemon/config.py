@@ -212,7 +212,7 @@ class ServiceConfig:
     @property
     def devices(self) -> list[str]:
         """:attr:`device` as a list of device specs, one model each (``cuda:all`` stays one
-        item, expanded at start-up by :func:`sam2_service.daemon.devices.expand_devices`)."""
+        item, expanded at start-up by :func:`sam2_service.daemon.hardware.expand_devices`)."""
         return parse_devices(self.device)
 
     @property

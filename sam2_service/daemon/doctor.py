@@ -138,7 +138,7 @@ def check_device(config: ServiceConfig) -> Check:
     if _import("torch") is None:
         return Check("device", WARN, f"{config.device}: not checked, torch is missing", INSTALL_FIX)
     from .config import StartupError
-    from .engine import expand_devices, resolve_device, resolve_precision
+    from .hardware import expand_devices, resolve_device, resolve_precision
 
     try:
         devices = [resolve_device(d) for d in expand_devices(config.devices)]

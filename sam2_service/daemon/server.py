@@ -25,7 +25,8 @@ from .config import ALL_CUDA, ServiceConfig, StartupError
 from .connection import READ_CHUNK, Connection, ReadBudget
 from .devices import DevicePool
 from .dispatch import DUMMY_WARNING, Dispatcher
-from .engine import Engine, Sam2Engine, expand_devices, package_versions
+from .engine import Engine, Sam2Engine, package_versions
+from .hardware import expand_devices
 from .logs import event
 from .memory import tune_allocator
 from .service_files import LAUNCHD_SOCKET_NAME

@@ -18,7 +18,7 @@ from sam2_service.daemon import devices as devices_mod
 from sam2_service.daemon.config import ServiceConfig, StartupError
 from sam2_service.daemon.devices import DevicePool
 from sam2_service.daemon.dispatch import Dispatcher
-from sam2_service.daemon.engine import expand_devices
+from sam2_service.daemon.hardware import expand_devices
 from sam2_service.daemon.worker import InferenceWorker
 from sam2_service.wire.codecs import compute_image_id, encode_png
 from sam2_service.wire.schema import EmbedRequest
