@@ -19,6 +19,8 @@ from ..wire.frames import DEFAULT_SOCKET
 
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
+#: ``--compile``: torch.compile of SAM2 parts (see :mod:`sam2_service.daemon.compiling`).
+Compile = Literal["off", "decoder", "all", "auto"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -80,6 +82,10 @@ class ServiceConfig:
     precision: Precision = _setting("auto", "--precision", "SAM2_SERVICE_PRECISION",
                                     "auto: bfloat16 autocast on CUDA (as the sam2 examples), "
                                     "float32 elsewhere", choices=get_args(Precision))
+    compile: Compile = _setting("off", "--compile", "SAM2_SERVICE_COMPILE",
+                                "torch.compile during the start-up warm-up: off; decoder (prompt "
+                                "encoder and mask decoder); all (and the image encoder); auto "
+                                "(decoder on CUDA, off elsewhere)", choices=get_args(Compile))
     dummy_weights: bool = _setting(False, "--dummy-weights", "SAM2_SERVICE_DUMMY_WEIGHTS",
                                    "random-init model for smoke tests (masks are meaningless)",
                                    type=bool)
@@ -183,6 +189,11 @@ class ServiceConfig:
             raise ValueError("max_boxes must be positive")
         if self.logits_cache_entries < 0:
             raise ValueError("logits_cache_entries must be 0 (keep none) or positive")
+        if self.compile not in get_args(Compile):
+            raise ValueError(f"compile must be one of {get_args(Compile)}, not {self.compile!r}")
+        if self.compile in ("decoder", "all") and not self.warmup:
+            raise ValueError(f"--compile {self.compile} compiles during the start-up warm-up, "
+                             "which --no-warmup (SAM2_SERVICE_WARMUP=0) turns off: drop one")
 
     @property
     def model_config(self) -> str:
