@@ -9,6 +9,7 @@ CPU), beside an eager ``SAM2ImagePredictor`` with the same random weights (the s
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from sam2_service.daemon.config import ServiceConfig
 from sam2_service.daemon.engine import Sam2Engine
 from sam2_service.daemon.prompts import Prompts
 
-from .conftest import TEST_DEVICE, reference_inference
+from .conftest import TEST_DEVICE, reference_inference, short_tmp_socket_dir, start_daemon
 
 #: The issue's parity bounds: mask IoU at least this, score within SCORE_TOL.
 MIN_IOU = 0.99
@@ -173,3 +174,18 @@ def test_auto_point_batches_do_not_recompile(multimask, compiled, embedding):
     for i in range(len(crop.batches)):
         gen.batch(embedding, crop, i, embedding.orig_hw)
     assert compiling.graph_count() == graphs
+
+
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="breaks the C++ compiler of CPU code")
+def test_a_failed_compile_stops_the_daemon_at_startup(monkeypatch, tmp_path):
+    """No working C++ compiler: the daemon exits 1 with one line naming --compile, never
+    serving eagerly in silence. An empty compile cache, so that nothing compiled is reused."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    daemon = start_daemon(Path(short_tmp_socket_dir()), "--dummy-weights", "--compile",
+                          "decoder", wait=False)
+    assert daemon.process.wait(timeout=180) == 1
+    out = daemon.output()
+    assert "--compile decoder: torch.compile failed on cpu: " in out
+    assert "start with --compile off (SAM2_SERVICE_COMPILE=off)" in out
+    assert "Server listening" not in out
