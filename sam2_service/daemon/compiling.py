@@ -23,20 +23,20 @@ input tensor, which for a size-1 dimension depend on how the client's numpy arra
 256 KiB ``mask_input``) and the decoder's sparse prompt embeddings are therefore copied to
 row-major strides first when they are not. :data:`WARMUP_PROMPTS` walks through every
 combination that segment and auto requests make, with two sizes of each varying dimension,
-so that requests find a graph ready (about 7 per part, counted with
+so that requests find a graph ready (7 per part, and 2 for the image encoder, counted with
 ``torch._dynamo.utils.counters``; tests/integration/test_compile.py checks that requests
 add none). torch gives up compiling a function after ``recompile_limit`` graphs (8) and
 runs it eagerly from then on; :func:`compile_sam2` raises that limit to
-:data:`RECOMPILE_LIMIT` for combinations the warm-up does not make (a ``maskInput`` with
-``boxes``).
+:data:`RECOMPILE_LIMIT` for combinations the warm-up does not make, if any.
 
 Modes. On CPU (and MPS) torch.compile's default mode. On CUDA the decoder, whose kernels
 are small and launch-bound, runs as CUDA graphs (``reduce-overhead``); their outputs live in
-memory the next replay overwrites, so the compiled decoder's outputs are cloned (a few MB)
-before SAM2 uses them. The image encoder on CUDA uses ``max-autotune-no-cudagraphs``
+memory the next replay overwrites, so the compiled decoder's outputs (256x256 logits per
+mask) are cloned before SAM2 uses them. The image encoder on CUDA uses ``max-autotune-no-cudagraphs``
 (sam2's own choice, ``max-autotune``, minus the CUDA graphs: its outputs are kept in the
 embedding cache). The CUDA paths are written from torch's documentation and not yet
-measured (no GPU was at hand).
+measured (no GPU was at hand). Measured on a 2-core CPU: README, "torch.compile"
+(``benchmarks/bench_compile.py``).
 
 torch is imported lazily: the daemon layer keeps torch in :mod:`.engine` and here.
 """
@@ -217,15 +217,20 @@ def compile_parts(model: Any, device: str, mode: str) -> dict[str, str]:
 def warm_up(model: Any, inference: Callable[[], ContextManager[Any]]) -> None:
     """Set a synthetic image and predict :data:`WARMUP_PROMPTS` with a SAM2ImagePredictor
     of its own on ``model``, inside ``inference()`` (the engine's inference mode and
-    autocast, which compiled graphs are specialised for)."""
+    autocast, which compiled graphs are specialised for).
+
+    A compiled image encoder runs twice: its position encoding fills a dict cache on the
+    first call, and the second, finding the entry, compiles a second graph."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
         predictor = SAM2ImagePredictor(model)
     image = np.full((WARMUP_SIDE, WARMUP_SIDE, 3), 127, dtype=np.uint8)
+    encoder_runs = 2 if "image_encoder" in getattr(model, "_sam2_service_compiled", {}) else 1
     with inference():
-        predictor.set_image(image)
+        for _ in range(encoder_runs):
+            predictor.set_image(image)
         for prompts in WARMUP_PROMPTS:
             predictor.predict(**prompts)
     predictor.reset_predictor()
