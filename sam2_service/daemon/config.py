@@ -20,6 +20,8 @@ from ..wire.frames import DEFAULT_SOCKET
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
 Backend = Literal["torch", "onnxruntime"]
+#: ``--compile``: torch.compile of SAM2 parts (see :mod:`sam2_service.daemon.compiling`).
+Compile = Literal["off", "decoder", "all", "auto"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Allocator = Literal["tuned", "system"]
 
@@ -90,6 +92,10 @@ class ServiceConfig:
                                 "what runs the image encoder: torch, or onnxruntime (CPU only; "
                                 "exported once, cached next to the checkpoint)",
                                 choices=get_args(Backend))
+    compile: Compile = _setting("off", "--compile", "SAM2_SERVICE_COMPILE",
+                                "torch.compile during the start-up warm-up: off; decoder (prompt "
+                                "encoder and mask decoder); all (and the image encoder); auto "
+                                "(decoder on CUDA, off elsewhere)", choices=get_args(Compile))
     dummy_weights: bool = _setting(False, "--dummy-weights", "SAM2_SERVICE_DUMMY_WEIGHTS",
                                    "random-init model for smoke tests (masks are meaningless)",
                                    type=bool)
@@ -208,6 +214,11 @@ class ServiceConfig:
             raise ValueError("max_boxes must be positive")
         if self.logits_cache_entries < 0:
             raise ValueError("logits_cache_entries must be 0 (keep none) or positive")
+        if self.compile not in get_args(Compile):
+            raise ValueError(f"compile must be one of {get_args(Compile)}, not {self.compile!r}")
+        if self.compile in ("decoder", "all") and not self.warmup:
+            raise ValueError(f"--compile {self.compile} compiles during the start-up warm-up, "
+                             "which --no-warmup (SAM2_SERVICE_WARMUP=0) turns off: drop one")
 
     @property
     def devices(self) -> list[str]:

@@ -21,8 +21,10 @@ import numpy as np
 
 from ..wire.errors import InternalError
 from . import fastpath
+from .compiling import Compiled, compile_info, compile_sam2, resolve_compile
 from .config import ServiceConfig, StartupError
 from .hardware import _import_torch, expand_devices, resolve_device, resolve_precision
+from .logs import event
 from .onnx_encoder import backend_device, load_encoder
 from .prompts import Prompts
 
@@ -193,6 +195,9 @@ class Sam2Engine:
         self.versions = package_versions()
         #: True once :meth:`_install_fastpath` ran (``--no-fastpath`` leaves SAM2 as it is).
         self.fastpath = False
+        #: ``--compile`` resolved for this device, and what :meth:`warmup` compiled.
+        self.compile_mode = resolve_compile(config.compile, device, config.warmup)
+        self.compiled: Compiled | None = None
         #: The model's identity, part of every embedding-cache key: (model name, checkpoint
         #: identity, dtype, device, backend). The checkpoint identity is its absolute path, size and
         #: modification time (ns) when loaded, or ``dummy-seed-0`` for ``--dummy-weights``.
@@ -381,8 +386,16 @@ class Sam2Engine:
         """Run one box prompt on a synthetic 512x512 image so that one-time costs (kernel
         selection, lazy CUDA/oneDNN initialisation, allocator growth) are paid before the
         first request. The image is resized to the model's 1024x1024 input like any other,
-        so the encoder runs at its real size. Returns the time taken, ms."""
+        so the encoder runs at its real size. Returns the time taken, ms.
+
+        With ``--compile`` it first compiles (:func:`.compiling.compile_sam2`, logged as
+        ``Compiled``); a failure raises StartupError."""
         start = time.perf_counter()
+        if self.compile_mode != "off" and self.compiled is None:
+            self.compiled = c = compile_sam2(self.predictor.model, self.device,
+                                             self.compile_mode, self._inference)
+            event(log, "Compiled", mode=c.mode, parts=c.parts, compileMs=round(c.compile_ms, 1),
+                  graphs=c.graphs)
         image = np.full((512, 512, 3), 127, dtype=np.uint8)
         box = np.array([128, 128, 384, 384], dtype=np.float32)
         self.predict(self.embed(image), Prompts(None, None, box, multimask_output=False))
@@ -401,6 +414,7 @@ class Sam2Engine:
             "fastpath": self.fastpath,
             "backend": self.config.backend,
             "loadTimeMs": round(self.load_time_ms, 1),
+            "compile": compile_info(self.compile_mode, self.compiled),
             "versions": dict(self.versions),
         }
 

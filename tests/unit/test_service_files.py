@@ -175,6 +175,8 @@ def test_only_changed_settings_appear(tmp_path):
 
 
 def _changed(f: dataclasses.Field, tmp_path: Path):
+    if f.name == "compile":  # decoder and all need the warm-up, which this turns off
+        return "auto"
     if f.metadata.get("type") is bool:
         return not f.default
     if f.metadata.get("choices"):
