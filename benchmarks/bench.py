@@ -14,9 +14,10 @@ machine state:
 * **daemon warm, by imageId**: the request with ``imageId`` instead of the image;
 * **daemon warm, by imageId, RLE**: the same with ``"maskEncoding": "rle"``.
 
-Two daemons run side by side (:data:`VARIANTS`): the defaults, and one with issue 14's CPU
-changes turned off (``--allocator system --no-fastpath``), their requests interleaved with
-the in-process samples, so each change's before and after come from the same run.
+Three daemons run side by side (:data:`VARIANTS`): the defaults, one with issue 14's CPU
+changes turned off (``--allocator system --no-fastpath``) and one with ``--compile decoder``,
+their requests interleaved with the in-process samples, so each change's before and after
+come from the same run.
 
 Daemon times are what a client sees: base64 of the image (when sent), JSON, the socket both
 ways, and decoding the reply's mask to a numpy array. Both sides use the same base64
@@ -68,12 +69,14 @@ SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
 #: predict; warm by imageId (raw mask) against in-process predict; the same with RLE.
 TARGETS = {"cold / full": "<= 1.05", "by imageId / predict": "<= 1.05",
            "by imageId RLE / predict": "< 1.0"}
-#: Daemons measured side by side: today's defaults, and with issue 14's CPU changes turned
-#: off (glibc malloc as it comes, SAM2's predictor untouched). Replies are written in
-#: slices in both (not a setting).
+#: Daemons measured side by side: today's defaults; with issue 14's CPU changes turned off
+#: (glibc malloc as it comes, SAM2's predictor untouched; replies are still written in
+#: slices, not a setting); and with the prompt encoder and mask decoder compiled (off by
+#: default: it adds a minute or more to the start).
 DEFAULT = "default"
-VARIANTS = {DEFAULT: (), "--allocator system --no-fastpath": ("--allocator", "system",
-                                                                "--no-fastpath")}
+VARIANTS = {DEFAULT: (),
+            "--allocator system --no-fastpath": ("--allocator", "system", "--no-fastpath"),
+            "--compile decoder": ("--compile", "decoder")}
 OUT = ROOT / "docs" / "benchmarks.md"
 #: Server-side stages (the reply's timingsMs) recorded for the by-imageId requests.
 SERVER_STAGES = ("decode", "predict", "mask", "queue", "total")

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..wire.errors import Busy, FrameTooLarge, ServiceError, ShuttingDown
-from ..wire.frames import FrameDecoder, decode_message, encode_message
+from ..wire.frames import FrameDecoder, decode_message, encode_message, encode_message_parts
 from ..wire.peer import peer_allowed, peer_uid
 from ..wire.schema import new_request_id, read_request_id
 from .config import ServiceConfig
@@ -146,18 +146,19 @@ class Connection:
         return False
 
     async def _write(self, response: dict[str, Any]) -> None:
-        await self._send(encode_message(response))
+        await self._send(*encode_message_parts(response))
 
-    async def _send(self, frame: bytes) -> None:
-        """Write ``frame`` (in :data:`WRITE_SLICE` slices when larger) and wait until the
-        client has taken it, for at most ``write_timeout`` in all.
+    async def _send(self, *parts: bytes) -> None:
+        """Write ``parts`` (one frame, or its length prefix and payload; in
+        :data:`WRITE_SLICE` slices when larger) and wait until the client has taken them,
+        for at most ``write_timeout`` in all.
 
         Raises:
             ConnectionError: the client did not read in time; the connection was aborted
                 (what it had not read is dropped).
         """
         try:
-            await asyncio.wait_for(self._write_slices(frame), self.config.write_timeout)
+            await asyncio.wait_for(self._write_slices(parts), self.config.write_timeout)
         except asyncio.TimeoutError:
             transport = self.writer.transport
             event(log, "Closed connection: reply not read within the write timeout",
@@ -166,11 +167,12 @@ class Connection:
             transport.abort()
             raise ConnectionAbortedError("write timeout") from None
 
-    async def _write_slices(self, frame: bytes) -> None:
-        view = memoryview(frame)
-        for start in range(0, len(frame), WRITE_SLICE):
-            self.writer.write(view[start:start + WRITE_SLICE])
-            await self.writer.drain()
+    async def _write_slices(self, parts: tuple[bytes, ...]) -> None:
+        for part in parts:
+            view = memoryview(part)
+            for start in range(0, len(part), WRITE_SLICE):
+                self.writer.write(view[start:start + WRITE_SLICE])
+                await self.writer.drain()
 
     def _hold_read(self) -> bool:
         """Take from the budget what the frame being read needs (see :class:`ReadBudget`);

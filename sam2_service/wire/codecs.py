@@ -50,8 +50,8 @@ def encode_mask(mask: np.ndarray) -> str:
     row-major, top row first (protocol v1 ``maskBase64``)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    return pybase64.b64encode_as_string(
-        np.ascontiguousarray((mask != 0).view(np.uint8) * np.uint8(255)))
+    bits = mask if mask.dtype == np.bool_ else mask != 0  # a bool mask is not copied first
+    return pybase64.b64encode_as_string(np.ascontiguousarray(bits.view(np.uint8) * np.uint8(255)))
 
 
 def decode_mask(text: str, width: int, height: int) -> np.ndarray:

@@ -99,3 +99,11 @@ def test_bad_png_is_refused():
         decode_mask_png("AAAA", 2, 3)
     with pytest.raises(ValueError, match="no maskBase64"):
         decode_any_mask({}, 2, 3)
+
+
+def test_raw_mask_of_a_transposed_or_non_bool_array_is_row_major():
+    from sam2_service.wire.codecs import decode_mask, encode_mask
+
+    mask = np.random.default_rng(3).random((7, 5)) > 0.5
+    for m in (mask, np.asfortranarray(mask), mask.T.copy().T, mask.astype(np.uint8) * 9):
+        assert np.array_equal(decode_mask(encode_mask(m), 5, 7) > 0, mask)

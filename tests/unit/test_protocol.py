@@ -50,6 +50,14 @@ def test_encode_message_is_compact_utf8_json_frame():
     assert frame == struct.pack("<I", len(body)) + body
 
 
+def test_encode_message_parts_join_to_the_same_frame():
+    from sam2_service.wire.frames import encode_message_parts
+
+    obj = {"requestId": "r", "maskBase64": "A" * 100_000, "score": 0.5}
+    header, payload = encode_message_parts(obj)
+    assert len(header) == 4 and header + payload == encode_message(obj)
+
+
 # --- FrameDecoder ------------------------------------------------------------------------
 
 
