@@ -10,9 +10,7 @@ otherwise record the numbers here and leave it out.
    ``no_mem_embed`` addition, the reshaping into ``image_embed`` and ``high_res_feats``) in an
    ``nn.Module`` from the 1x3x1024x1024 normalised image to (image_embed 1x256x64x64,
    high_res_feats 1x32x256x256 and 1x64x128x128), and exports it with ``torch.onnx.export``
-   (the dynamo exporter, opset 18) to a temporary directory: the wrapper, export, session and
-   features-into-the-predictor of the daemon's ``--backend onnxruntime``
-   (``sam2_service/daemon/onnx_encoder.py``), imported from there.
+   (the dynamo exporter, opset 18) to a temporary directory.
 2. Parity on skimage's astronaut at 1920x1080: the ONNX Runtime outputs against eager torch
    (largest absolute difference), then ``SAM2ImagePredictor.predict`` with a box on the eager
    features and on the ONNX Runtime features put into the predictor (mask IoU, differing
@@ -29,9 +27,9 @@ otherwise record the numbers here and leave it out.
 
 Prints a Markdown table of medians and ratios with the export time, versions and CPU; with
 ``--write`` replaces the ``onnx-cpu`` section of docs/benchmarks.md (appended if absent).
-onnx, onnxruntime and onnxscript (the exporter's) are sam2-service's optional ``[onnx]`` extra,
-which ``make install`` installs (or ``.venv/bin/pip install -e '.[onnx]'``)::
+onnx, onnxruntime and onnxscript (the exporter's) are not dependencies of sam2-service::
 
+    .venv/bin/pip install onnx onnxruntime onnxscript
     .venv/bin/python benchmarks/bench_onnx.py --runs 5 [--write]
 """
 
@@ -56,15 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import OUT, ROOT, machine, photo, settle, write_section  # noqa: E402
 
-# the daemon's own wrapper, export and session (--backend onnxruntime): measured as it runs
-from sam2_service.daemon.onnx_encoder import (  # noqa: E402
-    OPSET,
-    encoder_module,
-    export,
-    ort_session,
-    ort_set_image,
-)
-
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 W, H = 1920, 1080
 BOX = np.array([W * 0.2, H * 0.2, W * 0.7, H * 0.8], dtype=np.float32)  # as bench.py's
@@ -72,6 +61,7 @@ BOX = np.array([W * 0.2, H * 0.2, W * 0.7, H * 0.8], dtype=np.float32)  # as ben
 KEEP_RATIO = 1.1
 #: "Equal masks": at least this IoU between the eager and ONNX Runtime masks.
 EQUAL_IOU = 0.999
+OPSET = 18
 SECTION = "onnx-cpu"
 NEEDED = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript (the exporter's)"}
 
@@ -80,9 +70,70 @@ def require_onnx() -> None:
     """Exit with a clear message when the optional packages are missing."""
     missing = [label for mod, label in NEEDED.items() if importlib.util.find_spec(mod) is None]
     if missing:
-        sys.exit(f"bench_onnx.py needs {', '.join(missing)} (sam2-service's optional [onnx] "
-                 f"extra); run `make install`, or install them into this environment:\n"
+        sys.exit(f"bench_onnx.py needs {', '.join(missing)}, which sam2-service does not depend "
+                 f"on; install them into this environment first:\n"
                  f"    {sys.executable} -m pip install onnx onnxruntime onnxscript")
+
+
+def encoder_module(model):
+    """An ``nn.Module``: normalised 1x3x1024x1024 image -> (image_embed, high_res_feats[0],
+    high_res_feats[1]), what ``SAM2ImagePredictor.set_image`` computes after its transforms."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        # SAM2ImagePredictor._bb_feat_sizes
+        sizes = [(256, 256), (128, 128), (64, 64)]
+
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            backbone_out = self.model.forward_image(x)
+            _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
+            if self.model.directly_add_no_mem_embed:
+                vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+            feats = [feat.permute(1, 2, 0).view(1, -1, *size)
+                     for feat, size in zip(vision_feats[::-1], self.sizes[::-1])][::-1]
+            return feats[-1], feats[0], feats[1]
+
+    return Encoder(model).eval()
+
+
+def export(encoder, path: Path) -> float:
+    """Export ``encoder`` to ``path`` (ONNX, weights in ``path``.data); seconds taken."""
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(encoder, (torch.zeros(1, 3, 1024, 1024),), str(path), dynamo=True,
+                          opset_version=OPSET, input_names=["image"],
+                          output_names=["image_embed", "high_res_feats_0", "high_res_feats_1"],
+                          verbose=False)
+    return time.perf_counter() - t0
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_set_image(predictor, session, image: np.ndarray) -> None:
+    """``predictor.set_image(image)`` with the encoder run by ONNX Runtime."""
+    import torch
+
+    predictor.reset_predictor()
+    predictor._orig_hw = [image.shape[:2]]
+    x = predictor._transforms(image)[None].numpy()
+    embed, hr0, hr1 = session.run(None, {"image": x})
+    predictor._features = {"image_embed": torch.from_numpy(embed),
+                           "high_res_feats": [torch.from_numpy(hr0), torch.from_numpy(hr1)]}
+    predictor._is_image_set = True
 
 
 def decode_png(b64: str) -> np.ndarray:

@@ -19,7 +19,6 @@ from ..wire.frames import DEFAULT_SOCKET
 
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
-Backend = Literal["torch", "onnxruntime"]
 #: ``--compile``: torch.compile of SAM2 parts (see :mod:`sam2_service.daemon.compiling`).
 Compile = Literal["off", "decoder", "all", "auto"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -88,10 +87,6 @@ class ServiceConfig:
     precision: Precision = _setting("auto", "--precision", "SAM2_SERVICE_PRECISION",
                                     "auto: bfloat16 autocast on CUDA (as the sam2 examples), "
                                     "float32 elsewhere", choices=get_args(Precision))
-    backend: Backend = _setting("torch", "--backend", "SAM2_SERVICE_BACKEND",
-                                "what runs the image encoder: torch, or onnxruntime (CPU only; "
-                                "exported once, cached next to the checkpoint)",
-                                choices=get_args(Backend))
     compile: Compile = _setting("off", "--compile", "SAM2_SERVICE_COMPILE",
                                 "torch.compile during the start-up warm-up: off; decoder (prompt "
                                 "encoder and mask decoder); all (and the image encoder); auto "
@@ -191,8 +186,6 @@ class ServiceConfig:
                              f"not {self.allocator!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, not {self.precision!r}")
-        if self.backend not in get_args(Backend):
-            raise ValueError(f"backend must be one of {get_args(Backend)}, not {self.backend!r}")
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
                      "max_connections", "max_buffered_bytes", "write_timeout",

@@ -25,7 +25,6 @@ from .compiling import Compiled, compile_info, compile_sam2, resolve_compile
 from .config import ServiceConfig, StartupError
 from .hardware import _import_torch, expand_devices, resolve_device, resolve_precision
 from .logs import event
-from .onnx_encoder import backend_device, load_encoder
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -180,10 +179,6 @@ class Sam2Engine:
     Build with :meth:`load`; call :meth:`embed` and :meth:`predict` from one thread at a time.
     """
 
-    #: ``--backend onnxruntime``: the image encoder as an ONNX Runtime session
-    #: (:class:`~sam2_service.daemon.onnx_encoder.OnnxEncoder`); None: torch.
-    encoder: Any = None
-
     def __init__(self, predictor: Any, *, config: ServiceConfig, device: str, precision: str,
                  weights: str, load_time_ms: float) -> None:
         self.predictor = predictor
@@ -199,7 +194,7 @@ class Sam2Engine:
         self.compile_mode = resolve_compile(config.compile, device, config.warmup)
         self.compiled: Compiled | None = None
         #: The model's identity, part of every embedding-cache key: (model name, checkpoint
-        #: identity, dtype, device, backend). The checkpoint identity is its absolute path, size and
+        #: identity, dtype, device). The checkpoint identity is its absolute path, size and
         #: modification time (ns) when loaded, or ``dummy-seed-0`` for ``--dummy-weights``.
         self.model_id: tuple[str, ...] = self._identity()
 
@@ -214,8 +209,7 @@ class Sam2Engine:
         """
         start = time.perf_counter()
         torch = _import_torch()
-        device = resolve_device(backend_device(config,
-                                               device or expand_devices(config.devices)[0]))
+        device = resolve_device(device or expand_devices(config.devices)[0])
         precision = resolve_precision(config.precision, device)
         if device.startswith("cuda") and torch.cuda.get_device_properties(device).major >= 8:
             # TF32 on Ampere and newer, as in sam2's notebooks/image_predictor_example.ipynb.
@@ -228,11 +222,8 @@ class Sam2Engine:
             from sam2.sam2_image_predictor import SAM2ImagePredictor
 
             predictor = SAM2ImagePredictor(model)
-            encoder = (load_encoder(config, model, dummy=weights == "dummy")
-                       if config.backend == "onnxruntime" else None)
         engine = cls(predictor, config=config, device=device, precision=precision,
                      weights=weights, load_time_ms=0.0)
-        engine.encoder = encoder
         if config.fastpath:
             engine._install_fastpath()
         engine.load_time_ms = (time.perf_counter() - start) * 1000
@@ -268,7 +259,7 @@ class Sam2Engine:
             path = self.config.checkpoint_path
             st = path.stat() if path.exists() else None
             ckpt = f"{path}:{st.st_size}:{st.st_mtime_ns}" if st else str(path)
-        return (self.config.model, ckpt, self.precision, self.device, self.config.backend)
+        return (self.config.model, ckpt, self.precision, self.device)
 
     def embed(self, image: np.ndarray) -> Embedding:
         """Compute the image embedding of ``image`` (SAM2's ``set_image``).
@@ -278,10 +269,7 @@ class Sam2Engine:
         """
         with self._inference():
             t0 = time.perf_counter()
-            if self.encoder is not None:
-                self.encoder.set_image(self.predictor, image)
-            else:
-                self.predictor.set_image(image)
+            self.predictor.set_image(image)
             ms = (time.perf_counter() - t0) * 1000
         feats = self.predictor._features
         tensors = [feats["image_embed"], *feats["high_res_feats"]]
@@ -412,7 +400,6 @@ class Sam2Engine:
             "device": self.device,
             "dtype": self.precision,
             "fastpath": self.fastpath,
-            "backend": self.config.backend,
             "loadTimeMs": round(self.load_time_ms, 1),
             "compile": compile_info(self.compile_mode, self.compiled),
             "versions": dict(self.versions),
