@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from typing import Any
 
@@ -32,14 +31,10 @@ READ_CHUNK = 1 << 18  # bytes asked of the socket per read
 #: next. asyncio's selector transport (CPython 3.11) keeps what one ``write`` could not send
 #: in one bytearray and deletes each sent chunk from its front, moving the rest every time:
 #: a 2.7 MB reply (a raw 1080p mask) took 6-8 ms to reach a local client in one write
-#: against 2.5-3 ms in slices (2-core development machine, docs/benchmarks.md).
+#: against 2.5-3 ms in slices (2-core development machine, docs/benchmarks.md). The socket's
+#: send buffer is left at the system's default: a larger one would let a client that never
+#: reads park a whole reply in kernel memory instead of meeting ``--write-timeout``.
 WRITE_SLICE = 1 << 18
-#: ``SO_SNDBUF`` asked for each accepted connection, bytes. Linux caps it at
-#: ``net.core.wmem_max`` (208 KiB by default, 4 MiB on the development machine); where the
-#: cap allows, a whole 1080p reply goes out in one send (0.7-0.8 ms against 1.7 ms at the
-#: 208 KiB default, measured on a socket pair). The kernel holds these bytes only while a
-#: reply is unread, and a client that stops reading is closed after ``--write-timeout``.
-SEND_BUFFER = 4 << 20
 
 
 class ReadBudget:
@@ -138,9 +133,6 @@ class Connection:
         except OSError:
             uid = None
         if peer_allowed(uid, os.geteuid()):
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             return True
         event(log, "Refused connection from another user", logging.WARNING, peerUid=uid)
         return False

@@ -67,6 +67,17 @@ def reference_inference(device: str = TEST_DEVICE, dtype: str = TEST_DTYPE):
             yield
 
 
+def reference_predictor(model, image: np.ndarray):
+    """A ``SAM2ImagePredictor`` over ``model`` with the HxWx3 uint8 ``image`` set, under
+    :func:`reference_inference`: the eager SAM2 that parity tests compare with."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    with reference_inference():
+        predictor.set_image(image)
+    return predictor
+
+
 def encode_image(array: np.ndarray, fmt: str) -> bytes:
     """PNG or JPEG (quality 90) bytes of an HxWx3 uint8 array."""
     buf = io.BytesIO()

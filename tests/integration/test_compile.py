@@ -20,7 +20,13 @@ from sam2_service.daemon.config import ServiceConfig
 from sam2_service.daemon.engine import Sam2Engine
 from sam2_service.daemon.prompts import Prompts
 
-from .conftest import TEST_DEVICE, reference_inference, short_tmp_socket_dir, start_daemon
+from .conftest import (
+    TEST_DEVICE,
+    reference_inference,
+    reference_predictor,
+    short_tmp_socket_dir,
+    start_daemon,
+)
 
 #: The issue's parity bounds: mask IoU at least this, score within SCORE_TOL.
 MIN_IOU = 0.99
@@ -93,12 +99,7 @@ def embedding(compiled, photo):
 
 @pytest.fixture(scope="module")
 def reference(reference_model, photo):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(reference_model)
-    with reference_inference():
-        predictor.set_image(photo)
-    return predictor
+    return reference_predictor(reference_model, photo)
 
 
 def eager(reference, prompts: Prompts):

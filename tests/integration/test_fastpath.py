@@ -17,7 +17,7 @@ from sam2_service.daemon.engine import Sam2Engine
 from sam2_service.daemon.fastpath import DeviceTransforms
 from sam2_service.daemon.prompts import Prompts
 
-from .conftest import TEST_DEVICE, reference_inference
+from .conftest import TEST_DEVICE, reference_inference, reference_predictor
 
 pytestmark = pytest.mark.model
 
@@ -38,12 +38,7 @@ def engine(checkpoint, image):
 
 @pytest.fixture(scope="module")
 def reference(reference_model, image):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    pred = SAM2ImagePredictor(reference_model)
-    with reference_inference():
-        pred.set_image(image)
-    return pred
+    return reference_predictor(reference_model, image)
 
 
 def f32(x) -> np.ndarray | None:
