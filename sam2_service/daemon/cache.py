@@ -30,6 +30,12 @@ class CacheStats:
     entries: int = 0
     bytes: int = 0
 
+    def info(self) -> dict[str, int]:
+        """The counters as the ``info`` reply names them (its ``cache`` and each of its
+        ``devices``' ``cache``)."""
+        return {"bytes": self.bytes, "entries": self.entries, "hits": self.hits,
+                "misses": self.misses, "evictions": self.evictions}
+
 
 class EmbeddingCache(Generic[V]):
     """Least-recently-used entries whose sizes sum to at most ``capacity_bytes``.

@@ -38,7 +38,7 @@ embedding cache). The CUDA paths are written from torch's documentation and not 
 measured (no GPU was at hand). Measured on a 2-core CPU: README, "torch.compile"
 (``benchmarks/bench_compile.py``).
 
-torch is imported lazily: the daemon layer keeps torch in :mod:`.engine` and here.
+torch is imported lazily, as in :mod:`.engine` and its other helpers.
 """
 
 from __future__ import annotations

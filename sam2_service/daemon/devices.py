@@ -99,15 +99,14 @@ class DevicePool:
         embedding cache."""
         out = []
         for i, w in enumerate(self.workers):
-            eng, stats = w.engine, w.cache_stats()
+            eng = w.engine
             out.append({
                 "index": i, "device": eng.device if eng else None,
                 "dtype": eng.precision if eng else None,
                 "loadTimeMs": round(eng.load_time_ms, 1) if eng else None,
                 "queue": {"waiting": w.waiting, "running": w.running_since is not None,
                           "requests": self._active[i]},
-                "cache": {"bytes": stats.bytes, "entries": stats.entries, "hits": stats.hits,
-                          "misses": stats.misses, "evictions": stats.evictions},
+                "cache": w.cache_stats().info(),
             })
         return out
 

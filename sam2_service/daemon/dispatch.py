@@ -93,7 +93,6 @@ class Dispatcher:
         }
         #: Auto requests in progress (``info``'s ``auto``), one runner per worker; see :mod:`.auto`.
         self.auto_runners = {w: AutoRunner(w, config.auto_step_points) for w in self.pool.workers}
-        self.auto_runner = self.auto_runners[self.worker]
 
     @property
     def engine(self) -> Engine:
@@ -257,9 +256,7 @@ class Dispatcher:
         info: dict[str, Any] = {
             "requestId": request.request_id, "ok": True, "protocol": PROTOCOL_VERSION,
             **engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
-            "cache": {"capacityBytes": cfg.cache_bytes, "bytes": stats.bytes,
-                      "entries": stats.entries, "hits": stats.hits, "misses": stats.misses,
-                      "evictions": stats.evictions},
+            "cache": {"capacityBytes": cfg.cache_bytes, **stats.info()},
             "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
             "limits": {"maxFrameBytes": cfg.max_frame_bytes,
                        "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,

@@ -3,8 +3,8 @@
 :class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
 ``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
 thread-safe; :mod:`sam2_service.daemon.worker` calls them from its single inference thread.
-torch and sam2 are imported here and in the engine's helpers (:mod:`.fastpath`), nowhere
-else in the package.
+torch and sam2 are imported here and in the engine's helpers (:mod:`.fastpath`,
+:mod:`.compiling`, :mod:`.hardware`), nowhere else in the package.
 """
 
 from __future__ import annotations

@@ -45,13 +45,26 @@ def decode_base64(text: str, field: str = "imageBase64") -> bytes:
         raise ImageDecodeError(f"{field} is not valid base64: {exc}", field=field) from None
 
 
+def _bits(mask: np.ndarray) -> np.ndarray:
+    """An HxW mask as bool (non-zero = foreground); a bool mask as it is, not copied.
+
+    Raises:
+        ValueError: ``mask`` is not 2-D.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
+    return mask if mask.dtype == np.bool_ else mask != 0
+
+
+def _mask_bytes(mask: np.ndarray) -> np.ndarray:
+    """An HxW mask as a C-contiguous uint8 array, 0 background and 255 foreground."""
+    return np.ascontiguousarray(_bits(mask).view(np.uint8) * np.uint8(255))
+
+
 def encode_mask(mask: np.ndarray) -> str:
     """Base64 of a boolean HxW mask as H*W bytes, 0 background and 255 foreground,
     row-major, top row first (protocol v1 ``maskBase64``)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    bits = mask if mask.dtype == np.bool_ else mask != 0  # a bool mask is not copied first
-    return pybase64.b64encode_as_string(np.ascontiguousarray(bits.view(np.uint8) * np.uint8(255)))
+    return pybase64.b64encode_as_string(_mask_bytes(mask))
 
 
 def decode_mask(text: str, width: int, height: int) -> np.ndarray:
@@ -118,10 +131,9 @@ def encode_rle(mask: np.ndarray) -> dict[str, list[int]]:
     Raises:
         ValueError: ``mask`` is not 2-D.
     """
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    h, w = mask.shape
-    flat = _transpose(mask if mask.dtype == np.bool_ else mask != 0).ravel()  # column-major
+    bits = _bits(mask)
+    h, w = bits.shape
+    flat = _transpose(bits).ravel()  # column-major
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     bounds = np.concatenate(([0], changes, [flat.size]))
     counts = np.diff(bounds).tolist()
@@ -176,9 +188,7 @@ def decode_rle(rle: object, width: int, height: int) -> np.ndarray:
 def encode_mask_png(mask: np.ndarray) -> str:
     """Base64 of an 8-bit greyscale PNG of an HxW mask, 0 background and 255 foreground
     (protocol ``maskPng``; zlib level 1, as :func:`encode_png`)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
-    return pybase64.b64encode_as_string(encode_png((mask != 0).view(np.uint8) * np.uint8(255)))
+    return pybase64.b64encode_as_string(encode_png(_mask_bytes(mask)))
 
 
 def decode_mask_png(text: str, width: int, height: int) -> np.ndarray:

@@ -26,15 +26,24 @@ MAX_LENGTH: Final = 2**32 - 1  # what the 4-byte prefix can express
 DEFAULT_SOCKET: Final = "/tmp/wcc-sam2.sock"
 
 
+def frame_header(length: int) -> bytes:
+    """The 4-byte little-endian length prefix of a ``length``-byte payload.
+
+    Raises:
+        ValueError: the length is more than 2**32 - 1 bytes.
+    """
+    if length > MAX_LENGTH:
+        raise ValueError(f"payload of {length} bytes does not fit a 4-byte length")
+    return HEADER.pack(length)
+
+
 def encode_frame(payload: bytes) -> bytes:
-    """Prefix ``payload`` with its 4-byte little-endian length.
+    """Prefix ``payload`` with its 4-byte little-endian length (:func:`frame_header`).
 
     Raises:
         ValueError: the payload is longer than 2**32 - 1 bytes.
     """
-    if len(payload) > MAX_LENGTH:
-        raise ValueError(f"payload of {len(payload)} bytes does not fit a 4-byte length")
-    return HEADER.pack(len(payload)) + payload
+    return frame_header(len(payload)) + payload
 
 
 def encode_message(obj: dict[str, Any]) -> bytes:
@@ -51,9 +60,7 @@ def encode_message_parts(obj: dict[str, Any]) -> tuple[bytes, bytes]:
         ValueError: the payload is longer than 2**32 - 1 bytes.
     """
     payload = orjson.dumps(obj)
-    if len(payload) > MAX_LENGTH:
-        raise ValueError(f"payload of {len(payload)} bytes does not fit a 4-byte length")
-    return HEADER.pack(len(payload)), payload
+    return frame_header(len(payload)), payload
 
 
 def decode_message(payload: bytes) -> dict[str, Any]:
