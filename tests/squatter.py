@@ -10,6 +10,7 @@ import os
 import pwd
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,17 @@ def require_root_and_setpriv() -> None:
         nobody_uid()
     except KeyError:
         pytest.skip("no user nobody")
+
+
+def stale_socket_of_nobody(path: str) -> None:
+    """Leave a socket file at ``path`` that nobody listens on, owned by ``nobody`` (chown
+    stands in for another user); skips the calling test unless run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the socket file to another user")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    os.chown(path, nobody_uid(), -1)
 
 
 def shared_sticky_dir() -> str:

@@ -18,7 +18,7 @@ from sam2_service.daemon.config import ServiceConfig
 from sam2_service.daemon.doctor import FAIL, OK, WARN, Check
 from sam2_service.wire.frames import FrameDecoder, decode_message, encode_message
 
-from ..squatter import nobody_uid, require_root_and_setpriv, squatter
+from ..squatter import nobody_uid, require_root_and_setpriv, squatter, stale_socket_of_nobody
 
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
@@ -270,13 +270,8 @@ def test_listener_of_another_user_is_named(short_dir):
 
 
 def test_stale_socket_of_another_user_is_not_ours_to_replace(short_dir):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the socket file to another user")
     path = f"{short_dir}/s.sock"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(path)
-    s.close()
-    os.chown(path, nobody_uid(), -1)
+    stale_socket_of_nobody(path)
     c = doctor.check_socket(path)
     assert c.failed and "stale socket owned by another user" in c.detail, c
 

@@ -14,7 +14,13 @@ from sam2_service.daemon import sockets
 from sam2_service.daemon.config import StartupError
 from sam2_service.daemon.sockets import bind_unix_socket, check_socket_path
 
-from ..squatter import nobody_uid, require_root_and_setpriv, shared_sticky_dir, squatter
+from ..squatter import (
+    nobody_uid,
+    require_root_and_setpriv,
+    shared_sticky_dir,
+    squatter,
+    stale_socket_of_nobody,
+)
 
 
 @pytest.fixture
@@ -67,13 +73,8 @@ def test_permission_error_becomes_one_line(short_dir, monkeypatch):
 
 def test_another_users_stale_socket_is_never_removed(short_dir):
     """Even root leaves another user's file alone (chown stands in for another user)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the socket file to another user")
     path = f"{short_dir}/s.sock"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(path)
-    s.close()
-    os.chown(path, nobody_uid(), -1)
+    stale_socket_of_nobody(path)
     with pytest.raises(StartupError, match=f"stale socket of another user, uid {nobody_uid()}"):
         check_socket_path(path)
     assert os.path.exists(path)
