@@ -518,7 +518,10 @@ def fuzz(seconds: float, batch: int = 500, verbose: bool = True) -> FuzzResult:
         run_stream(*stream, stats)
         stats.slowest_s = max(stats.slowest_s, time.perf_counter() - t0)
 
+    # derandomize=False: hypothesis loads its "ci" profile (derandomize=True) wherever a CI
+    # variable is set, which would replay the same `batch` examples every run
     cfg = settings(max_examples=batch, deadline=None, database=None, print_blob=True,
+                   derandomize=False,
                    suppress_health_check=list(HealthCheck), phases=(Phase.generate, Phase.shrink),
                    verbosity=Verbosity.normal if verbose else Verbosity.quiet)
     test = cfg(given(streams())(one))

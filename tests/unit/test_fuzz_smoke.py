@@ -9,6 +9,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,7 +36,17 @@ def fuzz_module():
     return load_fuzz_module()
 
 
-def test_fuzz_target_runs_clean_for_a_while(fuzz_module):
+@pytest.fixture
+def ci_profile():
+    """hypothesis's "ci" profile (derandomize=True), which it loads by itself wherever a CI
+    variable is set: the smoke must reach every stage there too, not replay one batch."""
+    before = hypothesis.settings.get_current_profile_name()
+    hypothesis.settings.load_profile("ci")
+    yield
+    hypothesis.settings.load_profile(before)
+
+
+def test_fuzz_target_runs_clean_for_a_while(fuzz_module, ci_profile):
     result = fuzz_module.fuzz(SMOKE_SECONDS, batch=100, verbose=False)
     assert result.failure is None, result.failure
     assert result.examples > 150
