@@ -230,12 +230,15 @@ class Sam2Engine:
         return engine
 
     def _install_fastpath(self) -> None:
-        """:mod:`.fastpath`'s changes: the dense positional encoding computed once, and on
-        a GPU ``set_image``'s resize and normalisation moved to the device. ``predict_all``
-        takes the bool mask path whenever :attr:`fastpath` is set."""
+        """:mod:`.fastpath`'s changes: the dense positional encoding computed once; on the
+        CPU the mask decoder's upscaling convolutions channels-last; on a GPU ``set_image``'s
+        resize and normalisation moved to the device. ``predict_all`` takes the bool mask
+        path whenever :attr:`fastpath` is set."""
         with self._inference():
             fastpath.cache_dense_pe(self.predictor.model)
-        if self.device != "cpu":
+        if self.device == "cpu":
+            fastpath.channels_last_upscaling(self.predictor.model)
+        else:
             self.predictor._transforms = fastpath.DeviceTransforms(self.predictor._transforms,
                                                                    self.device)
         self.fastpath = True

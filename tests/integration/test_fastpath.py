@@ -1,8 +1,10 @@
 """The daemon's speed-ups around SAM2 (``sam2_service.daemon.fastpath``, ``--no-fastpath``)
 against ``SAM2ImagePredictor`` called as it comes, with the same weights and prompts.
 
-The fast path must not change results: masks equal pixel for pixel here (the same
-operations on the CPU), scores and low-resolution logits within float rounding.
+The fast path must not change results: scores and low-resolution logits within float
+rounding, masks equal pixel for pixel except where SAM2's own logit lies within
+:data:`NEAR_THRESHOLD` of the mask threshold (the CPU's channels-last upscaling runs other
+convolution kernels, so logits agree to ~1e-7, not bit for bit).
 """
 
 from __future__ import annotations
@@ -58,14 +60,31 @@ CASES = {
 }
 
 
+#: Where SAM2's full-resolution mask logit is closer than this to the threshold (0), the
+#: fast path's mask may differ from SAM2's; nowhere else.
+NEAR_THRESHOLD = 1e-4
+
+
 def reference_predict(pred, p: Prompts):
+    """SAM2's (masks HxW bool, scores, low-res logits, full-resolution logits) for ``p``."""
     with reference_inference():
-        masks, scores, logits = pred.predict(point_coords=p.point_coords,
-                                             point_labels=p.point_labels, box=p.box,
-                                             mask_input=p.mask_input,
-                                             multimask_output=p.multimask_output)
-    return (masks.reshape(-1, HEIGHT, WIDTH) > 0, scores.reshape(-1),
-            logits.reshape(-1, 256, 256))
+        full, scores, logits = pred.predict(point_coords=p.point_coords,
+                                            point_labels=p.point_labels, box=p.box,
+                                            mask_input=p.mask_input,
+                                            multimask_output=p.multimask_output,
+                                            return_logits=True)
+    full = full.reshape(-1, HEIGHT, WIDTH)
+    return full > pred.mask_threshold, scores.reshape(-1), logits.reshape(-1, 256, 256), full
+
+
+def assert_masks_match(ours: np.ndarray, sam2_masks: np.ndarray, sam2_logits: np.ndarray) -> None:
+    """``ours`` equals SAM2's masks at every pixel whose logit is not within
+    :data:`NEAR_THRESHOLD` of the threshold (at most 1 pixel in 100,000 may be that close)."""
+    assert ours.dtype == bool and ours.shape == sam2_masks.shape
+    differ = ours != sam2_masks
+    far = np.abs(sam2_logits) >= NEAR_THRESHOLD
+    assert not (differ & far).any(), f"{np.count_nonzero(differ & far)} pixels differ"
+    assert np.count_nonzero(differ) <= ours.size // 100_000
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -73,9 +92,8 @@ def test_fastpath_predict_matches_sam2(engine, reference, case):
     eng, emb = engine
     assert eng.fastpath
     out = eng.predict_all(emb, CASES[case])
-    masks, scores, logits = reference_predict(reference, CASES[case])
-    assert out.masks.dtype == bool and out.masks.shape == masks.shape
-    assert np.array_equal(out.masks, masks), f"{np.count_nonzero(out.masks != masks)} pixels differ"
+    masks, scores, logits, full = reference_predict(reference, CASES[case])
+    assert_masks_match(out.masks, masks, full)
     np.testing.assert_allclose(out.scores, scores, atol=1e-5)
     np.testing.assert_allclose(out.logits, logits, atol=1e-4)
 
@@ -86,9 +104,23 @@ def test_refinement_with_mask_input_matches_sam2(engine, reference):
     p = Prompts(f32([[600, 350]]), np.array([1], np.int32), None, multimask_output=False,
                 mask_input=first.logits[:1])
     out = eng.predict_all(emb, p)
-    masks, scores, _ = reference_predict(reference, p)
-    assert np.array_equal(out.masks, masks)
+    masks, scores, _, full = reference_predict(reference, p)
+    assert_masks_match(out.masks, masks, full)
     np.testing.assert_allclose(out.scores, scores, atol=1e-5)
+
+
+def test_upscaling_is_channels_last_on_the_cpu_only_in_the_fast_path(engine, reference):
+    import torch
+
+    eng, _ = engine
+    ours = eng.predictor.model.sam_mask_decoder.output_upscaling
+    sam2s = reference.model.sam_mask_decoder.output_upscaling
+    convs = [m for m in ours if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convs) == 2
+    channels_last = torch.channels_last
+    assert all(c.weight.is_contiguous(memory_format=channels_last) for c in convs) == (
+        TEST_DEVICE == "cpu")
+    assert all(m.weight.is_contiguous() for m in sam2s if isinstance(m, torch.nn.ConvTranspose2d))
 
 
 def test_cached_positional_encoding_equals_sam2s(engine):
@@ -130,6 +162,6 @@ def test_no_fastpath_engine_matches_too(checkpoint, reference, image):
     assert not eng.fastpath and eng.info()["fastpath"] is False
     emb = eng.embed(image)
     out = eng.predict_all(emb, CASES["box"])
-    masks, scores, _ = reference_predict(reference, CASES["box"])
-    assert np.array_equal(out.masks, masks)
+    masks, scores, _, _ = reference_predict(reference, CASES["box"])
+    assert np.array_equal(out.masks, masks)  # SAM2 untouched: bit for bit
     np.testing.assert_allclose(out.scores, scores, atol=1e-5)
