@@ -100,9 +100,11 @@ class ServiceConfig:
                             type=bool)
     fastpath: bool = _setting(True, "--no-fastpath", "SAM2_SERVICE_FASTPATH",
                               "run SAM2's predictor with the daemon's speed-ups: the prompt "
-                              "encoder's positional encoding computed once, masks thresholded "
-                              "before they leave the device, resize and normalisation on the "
-                              "GPU (results unchanged; turning it off is for comparisons)",
+                              "encoder's positional encoding computed once, the mask decoder's "
+                              "upscaling channels-last on the CPU, masks thresholded before they "
+                              "leave the device, resize and normalisation on the GPU (results "
+                              "unchanged but for float rounding; turning it off is for "
+                              "comparisons)",
                               type=bool)
     allocator: Allocator = _setting("tuned", "--allocator", "SAM2_SERVICE_ALLOCATOR",
                                     "tuned: glibc malloc keeps the image encoder's large "

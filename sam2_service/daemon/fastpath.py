@@ -1,7 +1,8 @@
 """Speed-ups around SAM2's image predictor that keep its results (issue 14).
 
-Each function here changes where or how often SAM2's own computation runs, never what it
-computes; tests/integration/test_fastpath.py checks each against ``SAM2ImagePredictor`` with
+Each function here changes where, how often or in which memory layout SAM2's own
+computation runs, never what it computes (the layout changes float rounding, ~1e-7 in the
+logits); tests/integration/test_fastpath.py checks each against ``SAM2ImagePredictor`` with
 the same weights. torch is imported inside the functions: this module is only used by
 :mod:`sam2_service.daemon.engine` on the inference thread.
 
