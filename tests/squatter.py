@@ -1,7 +1,8 @@
 """A listener of another user (``nobody``) on a Unix socket path: the socket squatter of
-the security tests. Needs root (to drop to ``nobody`` with ``setpriv``); the squatter runs
-the system's ``python3`` (the project's interpreter may be in a folder ``nobody`` cannot
-read) with nothing but the standard library."""
+the security tests (and :func:`silent_listener`, one of this user that never answers).
+Needs root (to drop to ``nobody`` with ``setpriv``); the squatter runs the system's
+``python3`` (the project's interpreter may be in a folder ``nobody`` cannot read) with
+nothing but the standard library."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -59,6 +61,21 @@ def stale_socket_of_nobody(path: str) -> None:
     s.bind(path)
     s.close()
     os.chown(path, nobody_uid(), -1)
+
+
+@contextlib.contextmanager
+def silent_listener(accept_timeout: float) -> Iterator[tuple[str, socket.socket]]:
+    """A listening socket of this user that never answers, in a short temp folder:
+    ``(path, socket)``; its ``accept`` gives up after ``accept_timeout`` s."""
+    path = str(Path(tempfile.mkdtemp(prefix="s2l-", dir="/tmp")) / "l.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(accept_timeout)
+    try:
+        yield path, srv
+    finally:
+        srv.close()
 
 
 def shared_sticky_dir() -> str:

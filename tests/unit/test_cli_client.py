@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,8 @@ import pytest
 
 from sam2_service import cli
 from sam2_service.wire.codecs import encode_png
+
+from ..squatter import silent_listener
 
 NEGATIVE = ["segment", "--image", "a.png", "--bbox", "-50,-50,100,100", "--point", "-5,3",
             "--point", "-.5,2,0", "--point", "7,-1"]
@@ -49,13 +50,8 @@ def test_a_missing_value_is_still_reported(capsys):
 @pytest.fixture
 def listener():
     """A listening socket nobody answers on: (path, socket)."""
-    path = str(Path(tempfile.mkdtemp(prefix="s2c-", dir="/tmp")) / "l.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(4)
-    srv.settimeout(0.2)
-    yield path, srv
-    srv.close()
+    with silent_listener(accept_timeout=0.2) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from sam2_service.client import AsyncClient, Client, ClientError, RequestFailed, aio, sync
 from sam2_service.client.core import check_server_uid
 from sam2_service.wire.frames import FrameDecoder, decode_message
+
+from ..squatter import silent_listener
 
 ME = os.geteuid()
 OTHER = ME + 4242
@@ -38,13 +38,8 @@ def test_check_server_uid(uid, own, refused):
 @pytest.fixture
 def listener():
     """A bare listening socket in a short temp folder: (path, socket)."""
-    path = str(Path(tempfile.mkdtemp(prefix="s2t-", dir="/tmp")) / "l.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(4)
-    srv.settimeout(2)
-    yield path, srv
-    srv.close()
+    with silent_listener(accept_timeout=2) as pair:
+        yield pair
 
 
 def received(srv: socket.socket) -> bytes:
