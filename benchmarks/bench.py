@@ -290,6 +290,14 @@ def write_section(kind: str, text: str, path: Path = OUT) -> None:
     path.write_text(new)
 
 
+def publish(text: str, kind: str, write: bool) -> None:
+    """Print ``text``; with ``write``, also make it the ``kind`` section of docs/benchmarks.md."""
+    print("\n" + text)
+    if write:
+        write_section(kind, text)
+        print(f"wrote {OUT.relative_to(ROOT)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,11 +334,8 @@ def main() -> int:
               f"torch {torch.__version__}, sam2 {v['sam2']}, Python {v['python']}, "
               f"service {v['service']}; {args.runs} rounds x {args.repeats} warm samples; "
               f"medians in ms; {time.strftime('%Y-%m-%d')}")
-    text = table(rows, header)
-    print("\n" + text)
-    if not args.no_write:
-        write_section("cuda" if args.device.startswith("cuda") else "cpu", text)
-        print(f"wrote {OUT.relative_to(ROOT)}")
+    publish(table(rows, header), "cuda" if args.device.startswith("cuda") else "cpu",
+            not args.no_write)
     return 0
 
 

@@ -33,7 +33,7 @@ import skimage.transform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import OUT, ROOT, machine, photo, start_daemon, write_section  # noqa: E402
+from bench import machine, photo, publish, start_daemon  # noqa: E402
 
 from sam2_service.client import Client  # noqa: E402
 from sam2_service.wire.codecs import MASK_ENCODINGS, decode_any_mask, encode_mask_as  # noqa: E402
@@ -129,11 +129,8 @@ def main() -> int:
                   f"reply size and client round trip including the mask decode, medians of "
                   f"{args.runs} interleaved requests, ms", "",
                   "| maskEncoding | reply bytes | round trip |", "| --- | --- | --- |", *rows]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if not args.no_write:
-        write_section("masks-cuda" if args.device.startswith("cuda") else "masks-cpu", text)
-        print(f"wrote {OUT.relative_to(ROOT)}")
+    publish("\n".join(lines) + "\n",
+            "masks-cuda" if args.device.startswith("cuda") else "masks-cpu", not args.no_write)
     return 0
 
 

@@ -52,7 +52,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import OUT, ROOT, machine, photo, settle, write_section  # noqa: E402
+from bench import machine, photo, publish, settle  # noqa: E402
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 W, H = 1920, 1080
@@ -298,11 +298,7 @@ def main() -> int:
             "onnxscript": onnxscript.__version__, "sam2": v["sam2"], "python": v["python"],
             "export_s": export_s, "load_s": load_s, "size_mb": size_mb, "runs": args.runs,
             "date": time.strftime("%Y-%m-%d")}
-    text = report(r, p, info)
-    print("\n" + text)
-    if args.write:
-        write_section(SECTION, text)
-        print(f"wrote {OUT.relative_to(ROOT)}")
+    publish(report(r, p, info), SECTION, args.write)
     return 0
 
 
