@@ -94,6 +94,14 @@ class DevicePool:
         return any([w.release(image_id) for w in self.workers])
 
     # -- info -------------------------------------------------------------------------------
+    def where(self, worker: InferenceWorker) -> dict[str, Any]:
+        """Log fields naming the device ``worker`` runs on (``device``, ``deviceIndex``, as
+        in "Model loaded successfully"); none with a single device."""
+        if len(self.workers) == 1:
+            return {}
+        index = self.workers.index(worker)
+        return {"device": worker.engine.device if worker.engine else None, "deviceIndex": index}
+
     def info(self) -> list[dict[str, Any]]:
         """``info``'s ``devices``: per worker its device, dtype, model load time, queue and
         embedding cache."""

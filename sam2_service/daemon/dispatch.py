@@ -177,8 +177,9 @@ class Dispatcher:
         async with self.pool.worker_for(request) as worker:
             out = await worker.segment(request, arrived + self.config.request_timeout)
         t0 = time.perf_counter()
+        where = self.pool.where(worker)
         if request.extended:
-            return await self._segment_extended(request, out, arrived, t0)
+            return await self._segment_extended(request, out, arrived, t0, where)
         if out.mask.size > MASK_THREAD_PIXELS:
             mask_base64 = await asyncio.to_thread(encode_mask, out.mask)
         else:
@@ -188,14 +189,15 @@ class Dispatcher:
         event(log, "Inference complete", requestId=request.request_id,
               inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
               score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
-              width=out.width, height=out.height,
+              width=out.width, height=out.height, **where,
               **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
         return segment_response(request.request_id, width=out.width, height=out.height,
                                 mask_base64=mask_base64, score=out.score,
                                 image_id=out.image_id, cached=out.cached, timings=timings)
 
     async def _segment_extended(self, request: SegmentRequest, out: SegmentOutcome,
-                                arrived: float, t0: float) -> dict[str, Any]:
+                                arrived: float, t0: float, where: dict[str, Any]
+                                ) -> dict[str, Any]:
         """The reply to a segment request with issue 13's options: every mask encoded in
         ``maskEncoding`` (on a thread when they add up to more than
         :data:`MASK_THREAD_PIXELS`), with its score and ``maskId``."""
@@ -212,7 +214,7 @@ class Dispatcher:
               score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
               width=out.width, height=out.height, maskEncoding=request.mask_encoding,
               masks=len(out.candidates) + len(out.box_masks), maskInput=request.mask_input,
-              **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
+              **where, **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
         assert out.mask_id is not None
         return extended_segment_response(
             request.request_id, width=out.width, height=out.height,
@@ -225,7 +227,7 @@ class Dispatcher:
             out = await worker.embed(request, arrived + self.config.request_timeout)
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
-              cached=out.cached, width=out.width, height=out.height,
+              cached=out.cached, width=out.width, height=out.height, **self.pool.where(worker),
               **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
         return embed_response(request.request_id, width=out.width, height=out.height,
                               image_id=out.image_id, cached=out.cached, timings=timings)
@@ -246,7 +248,7 @@ class Dispatcher:
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         h, w = out.labels.shape
         event(log, "Auto complete", requestId=request.request_id, labels=len(out.table),
-              imageId=out.image_id, width=w, height=h,
+              imageId=out.image_id, width=w, height=h, **self.pool.where(worker),
               **{f"{k}Ms": round(v, 1) for k, v in timings.items()})
         return auto_response(request.request_id, width=w, height=h, labels_base64=labels_base64,
                              labels=out.table, image_id=out.image_id, timings=timings)

@@ -228,6 +228,31 @@ def test_one_device_info_lists_it_and_computes_no_image_id(monkeypatch):
     run(test, 1)
 
 
+def logged(caplog, msg: str) -> list[dict]:
+    return [r.fields for r in caplog.records if r.getMessage() == msg]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_request_logs_name_the_device_when_there_are_several(n, caplog):
+    async def test(d: Devices):
+        img = png(9)
+        await d.workers[n - 1].embed(EmbedRequest("e", img))  # held by the last device
+        for extra in ({}, {"maskEncoding": "rle"}):  # the plain and the issue-13 reply
+            reply = await d.ask({"requestId": "s", "width": 8, "height": 6,
+                                 "imageId": image_id(img), "bbox": BOX, **extra})
+            assert "error" not in reply, reply
+        reply = await d.ask({"op": "embed", "requestId": "e2", "imageBase64": img})
+        assert reply["cached"] is True
+
+    caplog.set_level("INFO", logger="sam2_service")
+    run(test, n)
+    lines = logged(caplog, "Inference complete") + logged(caplog, "Image embedded")
+    assert len(lines) == 3
+    want = {"device": f"fake:{n - 1}", "deviceIndex": n - 1} if n > 1 else {}
+    for fields in lines:
+        assert {k: fields[k] for k in ("device", "deviceIndex") if k in fields} == want
+
+
 def test_bad_base64_is_the_usual_error_with_several_devices():
     async def test(d: Devices):
         reply = await d.ask({"requestId": "s", "width": 8, "height": 6,
