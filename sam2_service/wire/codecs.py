@@ -170,11 +170,11 @@ def decode_rle(rle: object, width: int, height: int) -> np.ndarray:
         raise ValueError(f"maskRle must be an object with size [{height}, {width}]")
     counts = rle.get("counts")
     # countOf(map(type, ...), int) runs in C: a 110,000-run mask checked in 1.2 ms (a set of
-    # the types 1.6 ms; a generator of isinstance tests took ~6 ms at 66,000 runs); bool is its own type, so
-    # true/false are refused too.
+    # the types: 1.6 ms; a generator of isinstance tests: ~6 ms at 66,000 runs). bool is its
+    # own type, so true/false are refused too.
     if not isinstance(counts, list) or operator.countOf(map(type, counts), int) != len(counts):
         raise ValueError("maskRle.counts must be a list of non-negative integers")
-    try:  # the types are known: fromiter skips asarray's dtype discovery (1.6 -> 1.4 ms)
+    try:  # the types are known: fromiter skips asarray's dtype discovery (1.5 -> 1.3 ms)
         runs = np.fromiter(counts, dtype=np.int64, count=len(counts))
     except OverflowError:
         raise ValueError("maskRle.counts holds an integer too large") from None
