@@ -326,7 +326,7 @@ def main() -> int:
                                               device=args.device))
     rows = {label: measure_size(tmp, serve_args, predictor, w, h, args.device, args.runs,
                                 args.repeats) for label, (w, h) in SIZES.items()}
-    from sam2_service.daemon.engine import package_versions
+    from sam2_service.daemon.inference.engine import package_versions
 
     v = package_versions()
     dtype = next(iter(rows.values()))["in-process"]["dtype"]

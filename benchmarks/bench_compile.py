@@ -1,6 +1,6 @@
 """``--compile`` against eager SAM2, in one process: predict times and the compile time.
 
-Two :class:`~sam2_service.daemon.engine.Sam2Engine` with the same weights (``--dummy-weights``,
+Two :class:`~sam2_service.daemon.inference.engine.Sam2Engine` with the same weights (``--dummy-weights``,
 seeded, so both are identical; the compute is that of real weights) on the same device: one
 eager, one built with ``--compile <mode>``, whose warm-up compiles (the time is the engine's
 ``compileMs``, as ``info`` reports it). On skimage's astronaut resized to 1920x1080, with the
@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sam2_service.daemon.config import ServiceConfig  # noqa: E402
-from sam2_service.daemon.engine import Sam2Engine  # noqa: E402
-from sam2_service.daemon.prompts import Prompts  # noqa: E402
+from sam2_service.daemon.inference.engine import Sam2Engine  # noqa: E402
+from sam2_service.daemon.inference.prompts import Prompts  # noqa: E402
 
 WIDTH, HEIGHT = 1920, 1080
 PROMPTS = {

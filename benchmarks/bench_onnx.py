@@ -272,7 +272,7 @@ def main() -> int:
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from sam2_service.daemon.engine import package_versions
+    from sam2_service.daemon.inference.engine import package_versions
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

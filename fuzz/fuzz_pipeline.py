@@ -1,8 +1,8 @@
 """Fuzz target: the daemon's whole request path without I/O, driven by hypothesis.
 
 Bytes go through what the server does with a connection's bytes, minus the socket and
-the model: the server's own :class:`~sam2_service.daemon.dispatch.Dispatcher` and
-:class:`~sam2_service.daemon.worker.InferenceWorker` answer every frame, with
+the model: the server's own :class:`~sam2_service.daemon.serving.dispatch.Dispatcher` and
+:class:`~sam2_service.daemon.inference.worker.InferenceWorker` answer every frame, with
 :class:`FuzzEngine` (no model; it checks what reaches it) in place of SAM2:
 
     FrameDecoder.feed / next_frame -> Dispatcher.respond: decode_message -> parse_request
@@ -55,10 +55,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.dispatch import Dispatcher
-from sam2_service.daemon.engine import Embedding, MaskResult
-from sam2_service.daemon.prompts import Prompts
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.inference.engine import Embedding, MaskResult
+from sam2_service.daemon.inference.prompts import Prompts
+from sam2_service.daemon.inference.worker import InferenceWorker
+from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.errors import ERROR_CODES, ServiceError
 from sam2_service.wire.frames import HEADER_SIZE, FrameDecoder, decode_message, encode_message
 
@@ -112,7 +112,7 @@ def _check_prompts(prompts: Prompts, h: int, w: int) -> None:
 
 
 class FuzzEngine:
-    """A :class:`~sam2_service.daemon.engine.Engine` with no model: checks every image and
+    """A :class:`~sam2_service.daemon.inference.engine.Engine` with no model: checks every image and
     every set of prompts that reaches it, counts them in :attr:`stats`, and predicts an
     empty mask."""
 

@@ -5,7 +5,7 @@ Subcommands: ``serve`` (the daemon), and the smoke-test client commands ``ping``
 ``doctor`` (checks the set-up ``serve`` would use; it takes the same flags), and
 ``web`` (the browser gateway, :mod:`sam2_service.web`), and
 ``install-service`` / ``uninstall-service`` (systemd or launchd files running ``serve`` with
-the given flags; :mod:`sam2_service.daemon.service_files`). The ``serve``
+the given flags; :mod:`sam2_service.daemon.ops.service_files`). The ``serve``
 flags are generated from :class:`~sam2_service.daemon.config.ServiceConfig`'s fields, so flags,
 environment variables and defaults have one home.
 """
@@ -181,7 +181,7 @@ def _web(ns: argparse.Namespace) -> int:
 
 
 def _service_parsers(sub: Any) -> None:
-    from .daemon.service_files import PLATFORMS, default_platform
+    from .daemon.ops.service_files import PLATFORMS, default_platform
 
     install = sub.add_parser("install-service",
                              help="write a systemd user unit (Linux) or launchd agent (macOS) "
@@ -196,8 +196,8 @@ def _service_parsers(sub: Any) -> None:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from .daemon.logs import setup_logging
-    from .daemon.server import run
+    from .daemon.ops.logs import setup_logging
+    from .daemon.serving.server import run
 
     try:
         config = config_from_args(ns)
@@ -309,7 +309,7 @@ def _write_overlay(ns: argparse.Namespace, mask: Any) -> int:
 
 
 def _doctor(ns: argparse.Namespace) -> int:
-    from .daemon.doctor import main as doctor_main
+    from .daemon.ops.doctor import main as doctor_main
 
     try:
         config = config_from_args(ns)
@@ -320,7 +320,7 @@ def _doctor(ns: argparse.Namespace) -> int:
 
 
 def _install_service(ns: argparse.Namespace) -> int:
-    from .daemon import service_files as sf
+    from .daemon.ops import service_files as sf
 
     try:
         config = config_from_args(ns)
@@ -352,7 +352,7 @@ def _install_service(ns: argparse.Namespace) -> int:
 
 
 def _uninstall_service(ns: argparse.Namespace) -> int:
-    from .daemon import service_files as sf
+    from .daemon.ops import service_files as sf
 
     if ns.dry_run:
         found = sf.installed_files(ns.platform)

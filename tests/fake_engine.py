@@ -1,4 +1,4 @@
-"""A stand-in for :class:`sam2_service.daemon.engine.Sam2Engine` with no model: tests of the worker
+"""A stand-in for :class:`sam2_service.daemon.inference.engine.Sam2Engine` with no model: tests of the worker
 and the server that need control over timing (a gate that holds a job inside the engine)
 and over failures (out of memory), in milliseconds instead of SAM2's seconds."""
 
@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from sam2_service.daemon.engine import Embedding, Engine, MaskResult, MaskSet
+from sam2_service.daemon.inference.engine import Embedding, Engine, MaskResult, MaskSet
 
 MODEL = ("tiny", "fake", "float32", "cpu")
 
@@ -20,7 +20,7 @@ class FakeOOM(RuntimeError):
 class FakeEngine:
     """Embeds by keeping the image; predicts "pixel > 127 inside the box".
 
-    Satisfies :class:`sam2_service.daemon.engine.Engine` (checked statically below and at
+    Satisfies :class:`sam2_service.daemon.inference.engine.Engine` (checked statically below and at
     run time by tests/unit/test_dispatch.py)."""
 
     def __init__(self) -> None:

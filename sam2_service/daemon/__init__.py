@@ -1,10 +1,11 @@
-"""The daemon: one SAM2 model behind a Unix socket.
+"""The daemon: one SAM2 model per device behind a Unix socket.
 
-Settings (:mod:`.config`), the server's lifecycle and connections (:mod:`.server`), the
-inference thread with its bounded queue (:mod:`.worker`), the image-embedding cache
-(:mod:`.cache`), SAM2 itself (:mod:`.engine`, the only module that imports torch), prompt
-checks (:mod:`.prompts`), image decoding (:mod:`.imaging`), the socket file and peer checks
-(:mod:`.sockets`), systemd/launchd integration (:mod:`.systemd`, :mod:`.service_files`), JSON
-logs (:mod:`.logs`) and the set-up checks (:mod:`.doctor`). It imports :mod:`sam2_service.wire`,
-never :mod:`sam2_service.client`: only the server turns exceptions into error replies.
+Settings live in :mod:`.config` (one frozen ``ServiceConfig``: a flag, an environment variable
+and a default per setting). The rest is in four groups, data flowing one way:
+:mod:`.serving` (socket, frames, dispatch, replies) -> :mod:`.inference` (the inference thread,
+caches, SAM2's image predictor) and :mod:`.auto` (automatic masks in steps); :mod:`.ops` holds
+service tooling (systemd/launchd, doctor, logs, allocator) off the request path. Only
+:mod:`.serving.dispatch` turns exceptions into error replies. The daemon imports
+:mod:`sam2_service.wire`, never :mod:`sam2_service.client`; ``tests/unit/test_layers.py``
+holds these rules.
 """

@@ -19,7 +19,7 @@ from ..wire.frames import DEFAULT_SOCKET
 
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
-#: ``--compile``: torch.compile of SAM2 parts (see :mod:`sam2_service.daemon.compiling`).
+#: ``--compile``: torch.compile of SAM2 parts (see :mod:`sam2_service.daemon.inference.compiling`).
 Compile = Literal["off", "decoder", "all", "auto"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Allocator = Literal["tuned", "system"]
@@ -218,7 +218,7 @@ class ServiceConfig:
     @property
     def devices(self) -> list[str]:
         """:attr:`device` as a list of device specs, one model each (``cuda:all`` stays one
-        item, expanded at start-up by :func:`sam2_service.daemon.hardware.expand_devices`)."""
+        item, expanded at start-up by :func:`sam2_service.daemon.inference.hardware.expand_devices`)."""
         return parse_devices(self.device)
 
     @property

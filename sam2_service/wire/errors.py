@@ -2,7 +2,7 @@
 
 Every failure the daemon reports to a client is a :class:`ServiceError` carrying a
 ``code`` from :data:`ERROR_CODES` (the wire's ``code`` field) and a human message that
-names the field and what is wrong. Only :mod:`sam2_service.daemon.server` turns these into error
+names the field and what is wrong. Only :mod:`sam2_service.daemon.serving.server` turns these into error
 responses; every other module just raises them.
 """
 

@@ -2,7 +2,7 @@
 
 :func:`parse_request` turns a decoded JSON object into a frozen request dataclass,
 checking types and shapes and naming the field at fault; geometry against the image
-(inverted boxes, points outside the image) is checked later by :mod:`sam2_service.daemon.prompts`,
+(inverted boxes, points outside the image) is checked later by :mod:`sam2_service.daemon.inference.prompts`,
 once the image size is known. The ``*_response`` functions build the JSON objects sent
 back. Unknown fields are ignored, so that clients may add fields of their own.
 """
@@ -45,7 +45,7 @@ class SegmentRequest:
 
     ``width`` and ``height`` are what the client says the image is; the daemon checks
     them against the image. Exactly one of ``image_base64`` (still encoded: plain base64 or
-    a ``data:image/...;base64,`` URL; :mod:`sam2_service.daemon.imaging` decodes it) and
+    a ``data:image/...;base64,`` URL; :mod:`sam2_service.daemon.inference.imaging` decodes it) and
     ``image_id`` (an ``imageId`` from an earlier reply, 64 hex characters) is set.
     """
 

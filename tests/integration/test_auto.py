@@ -14,7 +14,7 @@ import skimage.data
 from PIL import Image
 
 from sam2_service.client import Client, RequestFailed, build_auto_request, prepare_image
-from sam2_service.daemon.labels import label_stats
+from sam2_service.daemon.auto.labels import label_stats
 from sam2_service.wire.frames import encode_message
 
 from .conftest import connect_raw, encode_image, reference_inference

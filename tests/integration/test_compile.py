@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from sam2_service.daemon import compiling
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.engine import Sam2Engine
-from sam2_service.daemon.prompts import Prompts
+from sam2_service.daemon.inference import compiling
+from sam2_service.daemon.inference.engine import Sam2Engine
+from sam2_service.daemon.inference.prompts import Prompts
 
 from .conftest import (
     TEST_DEVICE,
@@ -164,7 +164,7 @@ def test_info_and_log_report_the_compile(compiled):
 def test_auto_point_batches_do_not_recompile(multimask, compiled, embedding):
     """The auto op's steps (SAM2AutomaticMaskGenerator's ``_process_batch``): 25 points in
     batches of 16, 8 and 1."""
-    from sam2_service.daemon.autogen import StepGenerator
+    from sam2_service.daemon.auto.generator import StepGenerator
     from sam2_service.wire.auto import AutoSettings
 
     gen = StepGenerator(compiled[0], AutoSettings(points_per_side=5, points_per_batch=16,

@@ -33,8 +33,8 @@ import asyncio, resource, sys
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.logs import setup_logging
-from sam2_service.daemon.server import Server
+from sam2_service.daemon.ops.logs import setup_logging
+from sam2_service.daemon.serving.server import Server
 from tests.fake_engine import FakeEngine
 cfg = ServiceConfig(socket_path=sys.argv[1], log_file=Path(sys.argv[2]), warmup=False)
 setup_logging(cfg.log_path)

@@ -1,4 +1,4 @@
-"""The daemon's speed-ups around SAM2 (``sam2_service.daemon.fastpath``, ``--no-fastpath``)
+"""The daemon's speed-ups around SAM2 (``sam2_service.daemon.inference.fastpath``, ``--no-fastpath``)
 against ``SAM2ImagePredictor`` called as it comes, with the same weights and prompts.
 
 The fast path must not change results: scores and low-resolution logits within float
@@ -15,9 +15,9 @@ import skimage.data
 from PIL import Image
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.engine import Sam2Engine
-from sam2_service.daemon.fastpath import DeviceTransforms
-from sam2_service.daemon.prompts import Prompts
+from sam2_service.daemon.inference.engine import Sam2Engine
+from sam2_service.daemon.inference.fastpath import DeviceTransforms
+from sam2_service.daemon.inference.prompts import Prompts
 
 from .conftest import TEST_DEVICE, reference_inference, reference_predictor
 

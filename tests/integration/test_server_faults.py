@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.server import Server
+from sam2_service.daemon.serving.server import Server
 from sam2_service.wire.codecs import encode_png
 from sam2_service.wire.peer import peer_allowed, peer_uid
 from tests.fake_engine import FakeEngine, FakeOOM

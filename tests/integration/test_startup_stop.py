@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.server import Server
+from sam2_service.daemon.serving.server import Server
 from tests.fake_engine import FakeEngine
 
 from .conftest import short_tmp_socket_dir, start_daemon

@@ -1,4 +1,4 @@
-"""daemon/accept.py: the open-file limit and the rate-limited warning (the accept loop
+"""daemon/serving/accept.py: the open-file limit and the rate-limited warning (the accept loop
 itself is tested on a real socket in tests/integration/test_descriptors.py)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import resource
 
 import pytest
 
-from sam2_service.daemon import accept
-from sam2_service.daemon.accept import RateLimitedWarning, raise_nofile_limit
+from sam2_service.daemon.serving import accept
+from sam2_service.daemon.serving.accept import RateLimitedWarning, raise_nofile_limit
 
 
 def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one(caplog):

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from sam2_service.daemon import auto as auto_mod
-from sam2_service.daemon.autogen import CropPlan, GeneratedMasks
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.auto import runner as auto_mod
+from sam2_service.daemon.auto.generator import CropPlan, GeneratedMasks
+from sam2_service.daemon.inference.worker import InferenceWorker
 from sam2_service.wire.auto import AutoRequest, AutoSettings
 from sam2_service.wire.codecs import encode_png
 from sam2_service.wire.errors import RequestTimeout
@@ -138,7 +138,7 @@ def test_tiles_are_embedded_once_cached_and_stitched(image):
 
 
 def test_more_than_65535_masks_is_a_clear_invalid_request():
-    from sam2_service.daemon.labels import tile_grid
+    from sam2_service.daemon.auto.labels import tile_grid
     from sam2_service.wire.errors import InvalidRequest
 
     n = 65536

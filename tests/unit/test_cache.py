@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sam2_service.daemon.cache import EmbeddingCache
+from sam2_service.daemon.inference.cache import EmbeddingCache
 from sam2_service.wire.codecs import compute_image_id as image_id
 
 M1 = ("tiny", "ckpt-a", "float32", "cpu")

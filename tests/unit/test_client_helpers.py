@@ -18,7 +18,7 @@ from sam2_service.client import (
     encode_image_input,
     parse_segment_response,
 )
-from sam2_service.daemon.imaging import decode_image
+from sam2_service.daemon.inference.imaging import decode_image
 from sam2_service.wire.codecs import encode_mask, encode_png
 from sam2_service.wire.schema import SegmentRequest, error_response, parse_request, segment_response
 

@@ -9,8 +9,8 @@ from typing import get_args
 import pytest
 
 from sam2_service.cli import build_parser, config_from_args
-from sam2_service.daemon import compiling
 from sam2_service.daemon.config import Compile, ServiceConfig, StartupError
+from sam2_service.daemon.inference import compiling
 
 
 def from_cli(argv, env=None):

@@ -13,13 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
-from sam2_service.daemon import auto as auto_mod
-from sam2_service.daemon import devices as devices_mod
+from sam2_service.daemon.auto import runner as auto_mod
 from sam2_service.daemon.config import ServiceConfig, StartupError
-from sam2_service.daemon.devices import DevicePool
-from sam2_service.daemon.dispatch import Dispatcher
-from sam2_service.daemon.hardware import expand_devices
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.inference import devices as devices_mod
+from sam2_service.daemon.inference.devices import DevicePool
+from sam2_service.daemon.inference.hardware import expand_devices
+from sam2_service.daemon.inference.worker import InferenceWorker
+from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import compute_image_id, encode_png
 from sam2_service.wire.schema import EmbedRequest
 from tests.fake_engine import FakeEngine

@@ -1,4 +1,4 @@
-"""The dispatcher (sam2_service/daemon/dispatch.py) with the fake engine, no socket: its
+"""The dispatcher (sam2_service/daemon/serving/dispatch.py) with the fake engine, no socket: its
 routing table covers every op of the schema, each op reaches its handler, and every
 failure becomes an error response carrying the request's requestId."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import orjson
 import pytest
 
-from sam2_service.daemon import dispatch as dispatch_module
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.dispatch import Dispatcher
-from sam2_service.daemon.engine import Engine, Sam2Engine
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.inference.engine import Engine, Sam2Engine
+from sam2_service.daemon.inference.worker import InferenceWorker
+from sam2_service.daemon.serving import dispatch as dispatch_module
+from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import decode_mask, encode_png
 from sam2_service.wire.errors import ERROR_CODES
 from sam2_service.wire.schema import OPS

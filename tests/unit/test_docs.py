@@ -66,7 +66,7 @@ def test_image_formats_are_as_documented(fmt):
     from PIL import Image
 
     from sam2_service.client.core import encode_image_input
-    from sam2_service.daemon.imaging import decode_image
+    from sam2_service.daemon.inference.imaging import decode_image
     from sam2_service.wire.errors import ImageDecodeError
 
     for text in (README, PROTOCOL):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from sam2_service import cli
-from sam2_service.daemon import doctor
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.doctor import FAIL, OK, WARN, Check
+from sam2_service.daemon.ops import doctor
+from sam2_service.daemon.ops.doctor import FAIL, OK, WARN, Check
 from sam2_service.wire.frames import FrameDecoder, decode_message, encode_message
 
 from ..squatter import nobody_uid, require_root_and_setpriv, squatter, stale_socket_of_nobody

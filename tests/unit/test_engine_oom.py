@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sam2_service.daemon.engine import Sam2Engine
+from sam2_service.daemon.inference.engine import Sam2Engine
 
 
 @pytest.mark.parametrize("exc, oom", [

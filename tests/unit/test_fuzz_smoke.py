@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_service.daemon.imaging import decode_image
-from sam2_service.daemon.prompts import validate
+from sam2_service.daemon.inference.imaging import decode_image
+from sam2_service.daemon.inference.prompts import validate
 from sam2_service.wire.errors import ImageTooLarge, InvalidRequest
 from sam2_service.wire.schema import BBox, SegmentRequest
 
@@ -64,7 +64,7 @@ def test_fuzz_property_catches_an_escaping_exception(fuzz_module, monkeypatch):
     def broken(payload):
         raise KeyError("boom")
 
-    from sam2_service.daemon import dispatch
+    from sam2_service.daemon.serving import dispatch
 
     monkeypatch.setattr(dispatch, "decode_message", broken)
     result = fuzz_module.fuzz(5.0, batch=20, verbose=False)

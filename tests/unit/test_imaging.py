@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from sam2_service.daemon.config import PILLOW_BOMB_PIXELS
-from sam2_service.daemon.imaging import decode_image
+from sam2_service.daemon.inference.imaging import decode_image
 from sam2_service.wire.codecs import decode_base64, decode_mask, encode_mask, encode_png, image_size
 from sam2_service.wire.errors import ImageDecodeError, ImageTooLarge
 

@@ -1,11 +1,11 @@
-"""Label maps, tile grids and stitching (sam2_service.daemon.labels), on synthetic data."""
+"""Label maps, tile grids and stitching (sam2_service.daemon.auto.labels), on synthetic data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sam2_service.daemon.labels import label_stats, paint_labels, stitch_tiles, tile_grid
+from sam2_service.daemon.auto.labels import label_stats, paint_labels, stitch_tiles, tile_grid
 from sam2_service.wire.auto import decode_labels, encode_labels
 
 

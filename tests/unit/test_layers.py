@@ -149,6 +149,123 @@ def test_classes_functions_and_modules_stay_small(path: Path) -> None:
     assert not _oversized(path.read_text())
 
 
+#: Inside the daemon: group -> the groups (or single modules) of the daemon it may import.
+#: Requests flow serving -> inference/auto; ops is tooling beside them (its doctor reuses the
+#: server's socket and device checks); config is read by all.
+DAEMON_GROUPS = {
+    "config": set(),
+    "serving": {"config", "serving", "inference", "auto", "ops"},
+    "inference": {"config", "inference", "ops.logs"},
+    "auto": {"config", "auto", "inference", "ops.logs"},
+    "ops": {"config", "ops", "serving.sockets", "inference.hardware"},
+}
+
+
+def _daemon_group(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["sam2_service", "daemon"] else None
+
+
+def _daemon_violations(source: str, name: str, is_package: bool = False) -> list[str]:
+    group = _daemon_group(name)
+    if group is None:
+        return []
+    bad = []
+    for line, target in _imports(source, name, is_package):
+        other = _daemon_group(target)
+        if other is None or other not in DAEMON_GROUPS:
+            continue  # the daemon package itself, or a name imported from it
+        rest = target.split(".")[2:]
+        allowed = DAEMON_GROUPS[group] | {group}
+        if other not in allowed and ".".join(rest[:2]) not in allowed:
+            bad.append(f"line {line}: daemon.{group} imports daemon.{'.'.join(rest[:2])}")
+    return list(dict.fromkeys(bad))
+
+
+def test_daemon_groups_exist() -> None:
+    daemon = PACKAGE / "daemon"
+    groups = {p.name for p in daemon.iterdir() if (p / "__init__.py").exists()}
+    assert groups == set(DAEMON_GROUPS) - {"config"}
+    assert not sorted(p.name for p in daemon.glob("*.py") if p.stem not in ("__init__", "config")), \
+        "daemon modules belong in a group"
+    for group in groups:  # each says what it holds
+        assert len(ast.get_docstring(ast.parse((daemon / group / "__init__.py").read_text())) or "") > 200
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "daemon").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_daemon_imports_follow_its_groups(path: Path) -> None:
+    bad = _daemon_violations(path.read_text(), _module_name(path), path.name == "__init__.py")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_daemon_group_check_can_fail() -> None:
+    assert _daemon_violations("from ..serving.dispatch import Dispatcher\n",
+                              "sam2_service.daemon.inference.worker") == [
+        "line 1: daemon.inference imports daemon.serving.dispatch"]
+    assert _daemon_violations("from ..ops.doctor import main\n", "sam2_service.daemon.auto.runner") == [
+        "line 1: daemon.auto imports daemon.ops.doctor"]
+    assert _daemon_violations("from ..ops.logs import event\n", "sam2_service.daemon.auto.runner") == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the modules of the package it imports (lazy imports included; ``from .x
+    import y`` counts ``x`` and, when it is a module, ``x.y``). An import of one of the
+    module's own parent packages is no edge: Python runs the parents first anyway."""
+    names = {_module_name(p): p for p in MODULES}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        parents = {".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))}
+        graph[name] = {target for _, target in _imports(path.read_text(), name, path.name == "__init__.py")
+                       if target in names and target != name and target not in parents}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_check_can_fail() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_the_size_check_can_fail() -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     assert _oversized(f"def f():\n{body}\n") == [

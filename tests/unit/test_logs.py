@@ -9,8 +9,8 @@ import re
 import orjson
 import pytest
 
-from sam2_service.daemon import logs
-from sam2_service.daemon.logs import LOGGER_NAME, event, setup_logging
+from sam2_service.daemon.ops import logs
+from sam2_service.daemon.ops.logs import LOGGER_NAME, event, setup_logging
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -1,4 +1,4 @@
-"""``--allocator`` (sam2_service.daemon.memory), each case in a fresh interpreter: the
+"""``--allocator`` (sam2_service.daemon.ops.memory), each case in a fresh interpreter: the
 arena limit only applies to what is allocated after it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sam2_service.daemon import memory
+from sam2_service.daemon.ops import memory
 
 
 def run(code: str) -> str:
@@ -20,7 +20,7 @@ def run(code: str) -> str:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="mallopt is glibc's")
 def test_tuned_allocator_is_applied_on_glibc():
-    out = run("from sam2_service.daemon.memory import tune_allocator; "
+    out = run("from sam2_service.daemon.ops.memory import tune_allocator; "
               "print(tune_allocator('tuned'))")
     assert out == "tuned"
 
@@ -50,7 +50,7 @@ def test_tuned_allocator_keeps_large_blocks_mapped_once():
     """With the tuning, freeing and allocating a 64 MB block again faults (almost) no
     pages in; without it, glibc maps it afresh and every page faults again."""
     code = ("import resource, sys\n"
-            "from sam2_service.daemon.memory import tune_allocator\n"
+            "from sam2_service.daemon.ops.memory import tune_allocator\n"
             "tune_allocator(sys.argv[1])\n"
             "def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "b = bytearray(64 << 20); del b\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2_service.daemon.prompts import validate
+from sam2_service.daemon.inference.prompts import validate
 from sam2_service.wire.errors import InvalidRequest
 from sam2_service.wire.schema import BBox, Point, SegmentRequest
 

@@ -1,5 +1,5 @@
 """Issue 13's segment options without a model: their parsing (wire/schema.py), their checks
-against the image (daemon/prompts.py), and the dispatcher's replies with the fake engine:
+against the image (daemon/inference/prompts.py), and the dispatcher's replies with the fake engine:
 an old-style request's reply is unchanged byte for byte, extended replies carry every
 encoding, candidates, per-box masks and maskIds, and maskInput finds its logits or is
 unknown_mask."""
@@ -10,12 +10,12 @@ import numpy as np
 import orjson
 import pytest
 
-from sam2_service.daemon.cache import LogitsCache
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.dispatch import Dispatcher
-from sam2_service.daemon.engine import Sam2Engine
-from sam2_service.daemon.prompts import validate
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.inference.cache import LogitsCache
+from sam2_service.daemon.inference.engine import Sam2Engine
+from sam2_service.daemon.inference.prompts import validate
+from sam2_service.daemon.inference.worker import InferenceWorker
+from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import decode_any_mask, encode_mask
 from sam2_service.wire.errors import ERROR_CODES, InvalidRequest
 from sam2_service.wire.schema import BBox, parse_request, segment_response

@@ -20,8 +20,8 @@ import pytest
 
 from sam2_service import cli
 from sam2_service.cli import build_parser, config_from_args
-from sam2_service.daemon import service_files as sf
 from sam2_service.daemon.config import ServiceConfig, settings
+from sam2_service.daemon.ops import service_files as sf
 from tests.systemd_manager import MANAGER_START, can_run_a_user_manager
 
 REPO = Path(__file__).resolve().parents[2]
@@ -426,7 +426,7 @@ _FAKE_DAEMON = """\
 # Stands in for `python -m sam2_service serve`: records what it got, uses the passed socket.
 import fcntl, json, os, signal, socket, sys, threading
 sys.path.insert(0, {repo!r})
-from sam2_service.daemon import systemd
+from sam2_service.daemon.ops import systemd
 fds = systemd.listen_fds()
 info = {{"argv": sys.argv, "cwd": os.getcwd(), "fds": fds, "watchdog": systemd.watchdog_interval(),
         "cloexec": [bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC) for fd in fds],

@@ -10,9 +10,9 @@ import tempfile
 
 import pytest
 
-from sam2_service.daemon import sockets
 from sam2_service.daemon.config import StartupError
-from sam2_service.daemon.sockets import bind_unix_socket, check_socket_path
+from sam2_service.daemon.serving import sockets
+from sam2_service.daemon.serving.sockets import bind_unix_socket, check_socket_path
 
 from ..squatter import (
     nobody_uid,

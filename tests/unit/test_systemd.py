@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sam2_service.daemon import systemd
-from sam2_service.daemon.systemd import launchd_sockets, listen_fds, notify, watchdog_interval
+from sam2_service.daemon.ops import systemd
+from sam2_service.daemon.ops.systemd import launchd_sockets, listen_fds, notify, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,7 +125,7 @@ os.set_inheritable(3, True); os.set_inheritable(4, True)   # as passed by exec: 
 cloexec = lambda: [bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC) for fd in (3, 4)]
 before = cloexec()
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="one:two")
-from sam2_service.daemon.systemd import listen_fds
+from sam2_service.daemon.ops.systemd import listen_fds
 fds = listen_fds()
 after = cloexec()
 one, two = socket.socket(fileno=3), socket.socket(fileno=4)
@@ -148,7 +148,7 @@ def test_listen_fds_returns_3_onwards_with_cloexec_set():
 _ACTIVATED = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from sam2_service.daemon.systemd import listen_fds
+from sam2_service.daemon.ops.systemd import listen_fds
 import socket
 env = {k: os.environ.get(k) for k in ("LISTEN_PID", "LISTEN_FDS")}
 fds = listen_fds()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from sam2_service.daemon.worker import InferenceWorker
+from sam2_service.daemon.inference.worker import InferenceWorker
 from sam2_service.wire.codecs import compute_image_id as image_id
 from sam2_service.wire.codecs import encode_png
 from sam2_service.wire.errors import (

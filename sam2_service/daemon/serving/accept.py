@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from .logs import event
+from ..ops.logs import event
 
 log = logging.getLogger("sam2_service.server")
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import ServiceConfig
-from .sockets import describe_uid, listener_uid, max_socket_path_bytes
+from ..config import ServiceConfig
+from ..serving.sockets import describe_uid, listener_uid, max_socket_path_bytes
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 #: Oldest Python the package supports (pyproject ``requires-python``).
@@ -137,8 +137,8 @@ def check_device(config: ServiceConfig) -> Check:
     """What ``--device`` resolves to (the daemon's own rule), with the precision it implies."""
     if _import("torch") is None:
         return Check("device", WARN, f"{config.device}: not checked, torch is missing", INSTALL_FIX)
-    from .config import StartupError
-    from .hardware import expand_devices, resolve_device, resolve_precision
+    from ..config import StartupError
+    from ..inference.hardware import expand_devices, resolve_device, resolve_precision
 
     try:
         devices = [resolve_device(d) for d in expand_devices(config.devices)]
@@ -237,8 +237,8 @@ def check_checkpoint(config: ServiceConfig, compare: bool = True) -> Check:
 def _ping(path: str, timeout: float) -> dict[str, Any] | str:
     """The daemon's info reply, or what went wrong, in one line. Speaks the wire protocol
     itself (the daemon layer never imports the client): one ``info`` request, one reply."""
-    from ..wire.errors import ServiceError
-    from ..wire.frames import FrameDecoder, decode_message, encode_message
+    from ...wire.errors import ServiceError
+    from ...wire.frames import FrameDecoder, decode_message, encode_message
 
     decoder = FrameDecoder(1 << 20)
     try:

@@ -6,7 +6,7 @@
 client method. :meth:`Dispatcher.respond` never raises: it is the only place where
 exceptions become error responses (:class:`~sam2_service.wire.errors.ServiceError` ->
 its code with the request's ``requestId``; anything else -> ``internal``, logged with its
-traceback). The connection loop (:mod:`sam2_service.daemon.connection`) and the fuzz target
+traceback). The connection loop (:mod:`sam2_service.daemon.serving.connection`) and the fuzz target
 (``fuzz/fuzz_pipeline.py``) both drive it.
 """
 
@@ -22,11 +22,11 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
-from ..wire.auto import AutoRequest, auto_response, encode_labels
-from ..wire.codecs import MASK_ENCODINGS, encode_mask, encode_mask_as
-from ..wire.errors import InvalidRequest, ServiceError
-from ..wire.frames import decode_message
-from ..wire.schema import (
+from ...wire.auto import AutoRequest, auto_response, encode_labels
+from ...wire.codecs import MASK_ENCODINGS, encode_mask, encode_mask_as
+from ...wire.errors import InvalidRequest, ServiceError
+from ...wire.frames import decode_message
+from ...wire.schema import (
     PROTOCOL_VERSION,
     EmbedRequest,
     ReleaseRequest,
@@ -43,12 +43,12 @@ from ..wire.schema import (
     release_response,
     segment_response,
 )
-from .auto import AutoRunner
-from .config import ServiceConfig
-from .devices import DevicePool
-from .engine import Engine
-from .logs import event
-from .worker import InferenceWorker, SegmentOutcome
+from ..auto.runner import AutoRunner
+from ..config import ServiceConfig
+from ..inference.devices import DevicePool
+from ..inference.engine import Engine
+from ..inference.worker import InferenceWorker, SegmentOutcome
+from ..ops.logs import event
 
 log = logging.getLogger("sam2_service.server")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .config import ALL_CUDA, StartupError
+from ..config import ALL_CUDA, StartupError
 
 
 def _import_torch() -> Any:

@@ -4,7 +4,7 @@ Everything slow for one request (base64 and image decoding, image encoding, mask
 prediction) runs on that thread, so the asyncio loop never blocks and
 SAM2's predictor, which keeps the current image's embedding as state, is only ever touched
 by one thread. The thread, its bounded queue, deadlines and shutdown are
-:class:`~sam2_service.daemon.jobs.InferenceThread`'s; this module holds the jobs.
+:class:`~sam2_service.daemon.inference.thread.InferenceThread`'s; this module holds the jobs.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ..wire.codecs import compute_image_id, decode_base64
-from ..wire.errors import OutOfMemory, UnknownImage, UnknownMask
-from ..wire.schema import EmbedRequest, SegmentRequest, new_mask_id
+from ...wire.codecs import compute_image_id, decode_base64
+from ...wire.errors import OutOfMemory, UnknownImage, UnknownMask
+from ...wire.schema import EmbedRequest, SegmentRequest, new_mask_id
 from .cache import CacheStats, EmbeddingCache, LogitsCache
 from .engine import Embedding, Engine, MaskSet
 from .imaging import decode_image
-from .jobs import InferenceThread
 from .prompts import Prompts, check_size, validate
+from .thread import InferenceThread
 
 T = TypeVar("T")
 log = logging.getLogger("sam2_service.worker")
@@ -39,7 +39,7 @@ class SegmentOutcome:
     Attributes:
         width, height: mask size in pixels (equal to the image's).
         mask: HxW bool, True on the object (the wire encoding, base64 of 0/255 bytes, is
-            made by :mod:`sam2_service.daemon.dispatch` with
+            made by :mod:`sam2_service.daemon.serving.dispatch` with
             :func:`sam2_service.wire.codecs.encode_mask`).
         score: SAM2's IoU prediction for the mask.
         coverage: fraction of mask pixels that are foreground, 0..1.

@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from ..wire.auto import MAX_LABELS, AutoRequest
-from ..wire.codecs import compute_image_id, decode_base64
-from ..wire.errors import InvalidRequest, RequestTimeout, UnknownImage
-from .autogen import GeneratedMasks, StepGenerator
-from .imaging import decode_image
+from ...wire.auto import MAX_LABELS, AutoRequest
+from ...wire.codecs import compute_image_id, decode_base64
+from ...wire.errors import InvalidRequest, RequestTimeout, UnknownImage
+from ..inference.imaging import decode_image
+from ..inference.prompts import check_size
+from ..inference.worker import InferenceWorker
+from ..ops.logs import event
+from .generator import GeneratedMasks, StepGenerator
 from .labels import Tile, label_stats, paint_labels, stitch_tiles, tile_grid
-from .logs import event
-from .prompts import check_size
-from .worker import InferenceWorker
 
 log = logging.getLogger("sam2_service.auto")
 

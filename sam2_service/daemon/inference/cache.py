@@ -3,11 +3,11 @@
 A key is ``(image_id, model_id)``: ``image_id`` is `sam2_service.wire.codecs.compute_image_id` of the image file's
 bytes (after base64 decoding, before any image decoding), ``model_id`` the loaded model's
 identity (model name, checkpoint identity, dtype, device; see
-:meth:`sam2_service.daemon.engine.Sam2Engine.model_id`). As in micro-sam's embedding cache, an
+:meth:`sam2_service.daemon.inference.engine.Sam2Engine.model_id`). As in micro-sam's embedding cache, an
 entry made by one model is never looked up for another: the model is part of the key.
 
 No torch here: the entry's size is given by the caller. The cache is not thread-safe; the
-inference thread is its only user (:mod:`sam2_service.daemon.worker`).
+inference thread is its only user (:mod:`sam2_service.daemon.inference.worker`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class LogitsCache:
     An entry is a 1x256x256 float32 array (256 KiB; SAM2's ``low_res_masks`` for one mask,
     clamped to [-32, 32] by ``SAM2ImagePredictor._predict``), kept in host memory. Not
     thread-safe: the inference thread looks entries up and adds them, the loop thread
-    releases them; :class:`sam2_service.daemon.worker.InferenceWorker` holds its cache lock
+    releases them; :class:`sam2_service.daemon.inference.worker.InferenceWorker` holds its cache lock
     around every call.
 
     Args:

@@ -1,10 +1,10 @@
 """The daemon's lifecycle: ``Server(config).serve()`` with startup, main loop and shutdown
 (as uvicorn's ``Server``): signals, the model, the socket, the watchdog.
 
-Data flows one way: socket bytes -> :class:`~sam2_service.daemon.connection.Connection`
-(frames) -> :class:`~sam2_service.daemon.dispatch.Dispatcher` (request -> reply, the only
-place where exceptions become error responses) -> :class:`~sam2_service.daemon.worker.InferenceWorker`
-(the model's thread; one per device, :class:`~sam2_service.daemon.devices.DevicePool`) -> reply
+Data flows one way: socket bytes -> :class:`~sam2_service.daemon.serving.connection.Connection`
+(frames) -> :class:`~sam2_service.daemon.serving.dispatch.Dispatcher` (request -> reply, the only
+place where exceptions become error responses) -> :class:`~sam2_service.daemon.inference.worker.InferenceWorker`
+(the model's thread; one per device, :class:`~sam2_service.daemon.inference.devices.DevicePool`) -> reply
 -> frame -> socket.
 """
 
@@ -20,19 +20,19 @@ import socket
 import sys
 from typing import Sequence
 
+from ..config import ALL_CUDA, ServiceConfig, StartupError
+from ..inference.devices import DevicePool
+from ..inference.engine import Engine, Sam2Engine, package_versions
+from ..inference.hardware import expand_devices
+from ..inference.worker import InferenceWorker
+from ..ops.logs import event
+from ..ops.memory import tune_allocator
+from ..ops.service_files import LAUNCHD_SOCKET_NAME
+from ..ops.systemd import notify, watchdog_interval
 from .accept import accept_loop, raise_nofile_limit
-from .config import ALL_CUDA, ServiceConfig, StartupError
 from .connection import READ_CHUNK, Connection, ReadBudget
-from .devices import DevicePool
 from .dispatch import DUMMY_WARNING, Dispatcher
-from .engine import Engine, Sam2Engine, package_versions
-from .hardware import expand_devices
-from .logs import event
-from .memory import tune_allocator
-from .service_files import LAUNCHD_SOCKET_NAME
 from .sockets import LISTEN_BACKLOG, bind_unix_socket, check_socket_path, inherited_listener
-from .systemd import notify, watchdog_interval
-from .worker import InferenceWorker
 
 log = logging.getLogger("sam2_service.server")
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import ServiceConfig, settings
+from ..config import ServiceConfig, settings
 
 SYSTEMD_SERVICE = "sam2-service.service"
 SYSTEMD_SOCKET = "sam2-service.socket"
@@ -36,7 +36,7 @@ PLATFORMS = ("systemd", "launchd")
 DEFAULT_WATCHDOG_SEC = 120
 #: systemd ``TimeoutStartSec=``: model load and warm-up before READY=1 can be slow on CPU.
 START_TIMEOUT_SEC = 300
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "service.md"
+DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "service.md"
 
 
 def default_platform(platform: str = sys.platform) -> str:

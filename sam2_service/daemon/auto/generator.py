@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..wire.auto import AutoSettings
-from .engine import Embedding, Sam2Engine
+from ...wire.auto import AutoSettings
+from ..inference.engine import Embedding, Sam2Engine
 
 
 @dataclasses.dataclass(frozen=True)

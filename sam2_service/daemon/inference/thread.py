@@ -5,7 +5,7 @@ bounded queue (``max_queue``; beyond it :class:`~sam2_service.wire.errors.Busy` 
 with a deadline (:class:`~sam2_service.wire.errors.RequestTimeout`); a job whose caller has gone
 is dropped before it starts, and one already running is finished and its result discarded. On
 shutdown the waiting jobs get :class:`~sam2_service.wire.errors.ShuttingDown`.
-:class:`sam2_service.daemon.worker.InferenceWorker` puts the model's jobs on it.
+:class:`sam2_service.daemon.inference.worker.InferenceWorker` puts the model's jobs on it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from ..wire.errors import Busy, RequestTimeout, ServiceError, ShuttingDown
+from ...wire.errors import Busy, RequestTimeout, ServiceError, ShuttingDown
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ class InferenceThread:
     @property
     def in_flight(self) -> int:
         """Jobs accepted and not yet finished: :attr:`waiting`, plus 1 while one runs (for
-        :class:`sam2_service.daemon.devices.DevicePool`'s choice of the least-loaded device)."""
+        :class:`sam2_service.daemon.inference.devices.DevicePool`'s choice of the least-loaded device)."""
         with self._cond:
             return self._waiting + (self._running is not None)
 
@@ -198,7 +198,7 @@ class InferenceThread:
         exited. The thread is a daemon thread, so a hung inference cannot hold the process;
         but an interpreter that finalises while it is inside torch aborts (SIGABRT,
         "terminate called without an active exception"), so when this returns False the
-        caller must leave with ``os._exit`` (:func:`sam2_service.daemon.server.run`)."""
+        caller must leave with ``os._exit`` (:func:`sam2_service.daemon.serving.server.run`)."""
         if not self._closed:
             self.fail_waiting()
         self._thread.join(max(0.0, timeout))

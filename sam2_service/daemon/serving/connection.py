@@ -1,7 +1,7 @@
 """One client connection: admit the peer, read frames, answer them, write the replies.
 
 Bytes read go to a :class:`~sam2_service.wire.frames.FrameDecoder`; each whole frame is
-answered by the :class:`~sam2_service.daemon.dispatch.Dispatcher` while the socket is still
+answered by the :class:`~sam2_service.daemon.serving.dispatch.Dispatcher` while the socket is still
 read, so that a peer that hangs up is noticed and its request dropped. No request parsing
 and no error-response policy live here: the dispatcher owns both.
 """
@@ -15,13 +15,13 @@ import os
 import time
 from typing import Any
 
-from ..wire.errors import Busy, FrameTooLarge, ServiceError, ShuttingDown
-from ..wire.frames import FrameDecoder, decode_message, encode_message, encode_message_parts
-from ..wire.peer import peer_allowed, peer_uid
-from ..wire.schema import new_request_id, read_request_id
-from .config import ServiceConfig
+from ...wire.errors import Busy, FrameTooLarge, ServiceError, ShuttingDown
+from ...wire.frames import FrameDecoder, decode_message, encode_message, encode_message_parts
+from ...wire.peer import peer_allowed, peer_uid
+from ...wire.schema import new_request_id, read_request_id
+from ..config import ServiceConfig
+from ..ops.logs import event
 from .dispatch import Dispatcher
-from .logs import event
 from .sockets import peer_hung_up
 
 log = logging.getLogger("sam2_service.server")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..wire.errors import InvalidRequest
-from ..wire.schema import BBox, SegmentRequest
+from ...wire.errors import InvalidRequest
+from ...wire.schema import BBox, SegmentRequest
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One model per device (``--device cuda:0,cuda:1``, ``--device cuda:all``; issue 14): the
 inference workers of the daemon and the rule that picks one for each request.
 
-Each device has its own :class:`~sam2_service.daemon.worker.InferenceWorker`: its model, its
+Each device has its own :class:`~sam2_service.daemon.inference.worker.InferenceWorker`: its model, its
 inference thread, its queue (``--max-queue`` each) and its caches (``--cache-mb`` and
 ``--logits-cache-entries`` each). An embedding lives on the device that computed it, so a
 request is sent where its image already is:
@@ -25,7 +25,7 @@ import contextlib
 import time
 from typing import Any, AsyncIterator, Sequence
 
-from ..wire.codecs import compute_image_id, decode_base64
+from ...wire.codecs import compute_image_id, decode_base64
 from .worker import InferenceWorker
 
 

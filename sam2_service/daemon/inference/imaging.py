@@ -14,9 +14,9 @@ from typing import Final
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..wire.codecs import ALLOWED_FORMATS
-from ..wire.errors import ImageDecodeError, ImageTooLarge
-from .config import PILLOW_BOMB_PIXELS
+from ...wire.codecs import ALLOWED_FORMATS
+from ...wire.errors import ImageDecodeError, ImageTooLarge
+from ..config import PILLOW_BOMB_PIXELS
 
 #: Pillow modes of a 16-bit greyscale PNG ("I" in older Pillow): its convert("RGB") clips
 #: them at 255 instead of scaling, which turns most such images white.

@@ -51,7 +51,7 @@ from typing import Any, Callable, ContextManager, get_args
 
 import numpy as np
 
-from .config import Compile, StartupError
+from ..config import Compile, StartupError
 
 #: ``--compile`` value -> the SAM2 model attributes it compiles.
 PARTS: dict[str, tuple[str, ...]] = {

@@ -13,7 +13,7 @@ import socket
 import stat
 import sys
 
-from .config import StartupError
+from ..config import StartupError
 
 #: Pending connections the kernel queues before the daemon accepts them (the kernel caps it at
 #: net.core.somaxconn). A full queue makes a client's connect fail with EAGAIN at once.
@@ -46,7 +46,7 @@ def listener_uid(path: str, timeout: float = 1.0) -> tuple[str, int | None]:
     Raises:
         OSError: any other failure to connect (a timeout included).
     """
-    from ..wire.peer import peer_uid
+    from ...wire.peer import peer_uid
 
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(timeout)
@@ -178,7 +178,7 @@ def inherited_listener(launchd_name: str) -> socket.socket | None:
     Raises:
         StartupError: more than one socket was passed, or it is not a stream socket.
     """
-    from .systemd import launchd_sockets, listen_fds
+    from ..ops.systemd import launchd_sockets, listen_fds
 
     fds = listen_fds() or launchd_sockets(launchd_name)
     if not fds:

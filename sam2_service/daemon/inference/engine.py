@@ -2,7 +2,7 @@
 
 :class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
 ``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
-thread-safe; :mod:`sam2_service.daemon.worker` calls them from its single inference thread.
+thread-safe; :mod:`sam2_service.daemon.inference.worker` calls them from its single inference thread.
 torch and sam2 are imported here and in the engine's helpers (:mod:`.fastpath`,
 :mod:`.compiling`, :mod:`.hardware`), nowhere else in the package.
 """
@@ -19,12 +19,12 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..wire.errors import InternalError
+from ...wire.errors import InternalError
+from ..config import ServiceConfig, StartupError
+from ..ops.logs import event
 from . import fastpath
 from .compiling import Compiled, compile_info, compile_sam2, resolve_compile
-from .config import ServiceConfig, StartupError
 from .hardware import _import_torch, expand_devices, resolve_device, resolve_precision
-from .logs import event
 from .prompts import Prompts
 
 log = logging.getLogger("sam2_service.engine")
@@ -138,7 +138,7 @@ def package_versions() -> dict[str, str]:
     """Versions of this service, sam2, torch and Python, read without importing torch."""
     import platform
 
-    from .. import __version__
+    from ... import __version__
 
     out = {"service": __version__, "python": platform.python_version()}
     for dist in ("sam2", "torch"):

@@ -4,7 +4,7 @@ Each function here changes where, how often or in which memory layout SAM2's own
 computation runs, never what it computes (the layout changes float rounding, ~1e-7 in the
 logits); tests/integration/test_fastpath.py checks each against ``SAM2ImagePredictor`` with
 the same weights. torch is imported inside the functions: this module is only used by
-:mod:`sam2_service.daemon.engine` on the inference thread.
+:mod:`sam2_service.daemon.inference.engine` on the inference thread.
 
 * :func:`cache_dense_pe`: the prompt encoder's dense positional encoding, computed once.
 * :func:`channels_last_upscaling`: the mask decoder's upscaling convolutions in the memory
@@ -112,7 +112,7 @@ def predict_masks(predictor: Any, prompts: Any) -> tuple[np.ndarray, np.ndarray,
 
     Args:
         predictor: a ``SAM2ImagePredictor`` with an image set.
-        prompts: :class:`~sam2_service.daemon.prompts.Prompts` (``point_coords`` Nx2 XY
+        prompts: :class:`~sam2_service.daemon.inference.prompts.Prompts` (``point_coords`` Nx2 XY
             pixels, ``point_labels`` N, ``box`` XYXY pixels, 4 or Bx4, ``mask_input``
             1x256x256, ``multimask_output``).
 
