@@ -16,12 +16,15 @@ TORCH_INDEX ?=
 .PHONY: install run test test-unit lint fuzz clean bench
 
 # torch first, then sam2 without build isolation (its sdist build imports torch; isolation
-# would fetch a second multi-GB torch), then this package with the daemon's extra and its test tools.
+# would fetch a second multi-GB torch), then this package with the daemon's extra and its test tools;
+# last, torch, torchvision (its compiled ops) and sam2 must import and go together (the stamp is
+# written only then, so a broken pair is retried by the next make).
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)' )'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
 	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,web,napari,test]'
+	$(PY) -c 'from sam2_service.daemon.ops.doctor import install_check; raise SystemExit(install_check())'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -82,8 +82,12 @@ def test_missing_sam2_fails(monkeypatch):
 
 # -- hardware --------------------------------------------------------------------------------
 def test_accelerators_are_informational():
-    for c in (doctor.check_cuda(), doctor.check_mps()):
-        assert c.status == OK and ("available" in c.detail)
+    import torch
+
+    for c, available in ((doctor.check_cuda(), torch.cuda.is_available()),
+                         (doctor.check_mps(), torch.backends.mps.is_available())):
+        assert c.status == OK
+        assert c.detail.startswith("available" if available else "not available"), c.detail
 
 
 def test_device_resolution():
@@ -332,9 +336,9 @@ def _doctor_args(short_dir, checkpoint, *extra):
 def test_cli_exit_code_zero_when_serve_could_start(short_dir, good_checkpoint, capsys):
     assert cli.main(_doctor_args(short_dir, good_checkpoint)) == 0
     out = capsys.readouterr().out
-    names = [line.split()[1] for line in out.splitlines()[:10]]
-    assert names == ["python", "torch", "sam2", "cuda", "mps", "device", "checkpoint", "socket",
-                     "socket-folder", "log"]
+    names = [line.split()[1] for line in out.splitlines()[:11]]
+    assert names == ["python", "torch", "torchvision", "sam2", "cuda", "mps", "device", "checkpoint",
+                     "socket", "socket-folder", "log"]
     assert "FAIL" not in out and "no problems stop `serve`" in out
 
 
@@ -350,3 +354,36 @@ def test_cli_doctor_reports_a_bad_environment_variable(monkeypatch, capsys):
     monkeypatch.setenv("SAM2_SERVICE_LOG_MAX_MB", "lots")
     assert cli.main(["doctor"]) == 1
     assert "SAM2_SERVICE_LOG_MAX_MB" in capsys.readouterr().err
+
+
+# -- torch and torchvision as a pair -------------------------------------------------------
+@pytest.mark.parametrize("torch_v, vision_v, torch_cuda, vision_cuda, problem", [
+    ("2.13.0+cpu", "0.28.0+cpu", None, None, None),
+    ("2.14.1+cu130", "0.29.1+cu130", "13.0", 13000, None),
+    ("2.5.1", "0.20.1", "12.4", 12040, None),
+    # what a CPU index that could not be reached left behind: PyPI's CUDA torchvision
+    ("2.13.0+cpu", "0.28.0", None, 12080,
+     "torch 2.13.0+cpu is built for CPU but torchvision 0.28.0 for CUDA 12.8"),
+    ("2.13.0+cpu", "0.29.1", None, None, "torchvision 0.29.1 does not match torch 2.13.0+cpu (it needs 0.28)"),
+])
+def test_torchvision_pair(torch_v, vision_v, torch_cuda, vision_cuda, problem):
+    assert doctor.torchvision_pair_problem(torch_v, vision_v, torch_cuda, vision_cuda) == problem
+
+
+def test_this_installs_torchvision_is_usable():
+    c = doctor.check_torchvision()
+    assert c.status == OK and c.detail == __import__("torchvision").__version__
+
+
+def test_a_broken_torchvision_fails_with_the_pair_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import raises ImportError
+    c = doctor.check_torchvision()
+    assert c.failed and "not usable" in c.detail and "torchvision" in c.fix and "one index" in c.fix
+
+
+def test_install_check_prints_each_failure_with_its_fix(monkeypatch, capsys):
+    assert doctor.install_check() == 0 and capsys.readouterr().err == ""
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    assert doctor.install_check() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("make install: torchvision: not usable") and "fix: reinstall torch" in err

@@ -82,3 +82,13 @@ def test_torch_index_applies_to_the_torch_step_alone():
     assert torch_step[torch_step.index("--index-url") + 1] == index
     assert torch_step[-2:] == ["torch>=2.5.1", "torchvision>=0.20.1"]
     assert len(rest) == 2 and not any("--index-url" in step for step in rest)
+
+
+def test_install_ends_with_the_import_check_before_the_stamp():
+    """A mismatched torch/torchvision pair fails `make install` itself (and leaves no stamp),
+    instead of passing every step and failing at `make run`."""
+    lines = make("-n", "-B", "install").stdout.splitlines()
+    check = [i for i, l in enumerate(lines) if "install_check()" in l]
+    stamp = [i for i, l in enumerate(lines) if l.strip() == f"touch {STAMP}"]
+    assert len(check) == 1 and len(stamp) == 1 and check[0] == stamp[0] - 1
+    assert check[0] > max(i for i, l in enumerate(lines) if " -m pip install " in l)

@@ -92,6 +92,81 @@ def check_torch() -> Check:
     return Check("torch", OK, f"{torch.__version__} (built for {built})")
 
 
+#: torch 2.N pairs with torchvision 0.(N + 15): torchvision's compatibility table
+#: (github.com/pytorch/vision, "Installation"), e.g. torch 2.5 / 0.20, 2.13 / 0.28.
+TORCHVISION_MINOR_OFFSET = 15
+PAIR_FIX = ("reinstall torch and torchvision together from one index: .venv/bin/pip install "
+            "--force-reinstall 'torch==T' 'torchvision==V' (with the same --index-url for both), "
+            "or make clean && make install")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"2.13.0+cpu"`` -> ``(2, 13)``: the major and minor numbers of a version string."""
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+def _cuda(version: str | int | None) -> tuple[int, int] | None:
+    """A CUDA version as (major, minor), None for a CPU build: torch writes ``"13.0"``,
+    torchvision ``13000`` (major * 1000 + minor * 10, CUDA's own integer form)."""
+    if not version:
+        return None
+    if "." in str(version):
+        major, minor = str(version).split(".")[:2]
+        return int(major), int(minor)
+    number = int(version)
+    return number // 1000, number % 1000 // 10
+
+
+def torchvision_pair_problem(torch_version: str, torchvision_version: str,
+                             torch_cuda: str | int | None, torchvision_cuda: str | int | None) -> str | None:
+    """Why this torch and torchvision do not go together, or None when they do.
+
+    Args:
+        torch_version, torchvision_version: ``__version__`` strings (``"2.13.0+cpu"``).
+        torch_cuda, torchvision_cuda: the CUDA version each was built for (``torch.version.cuda``,
+            ``"13.0"``; ``torchvision.version.cuda``, ``13000``), None for a CPU build.
+    """
+    t, v = _release(torch_version), _release(torchvision_version)
+    if len(t) == 2 and len(v) == 2 and t[0] == 2 and v != (0, t[1] + TORCHVISION_MINOR_OFFSET):
+        want = f"0.{t[1] + TORCHVISION_MINOR_OFFSET}"
+        return f"torchvision {torchvision_version} does not match torch {torch_version} (it needs {want})"
+    built, vision = _cuda(torch_cuda), _cuda(torchvision_cuda)
+    if built != vision:
+        def name(cuda: tuple[int, int] | None) -> str:
+            return f"CUDA {cuda[0]}.{cuda[1]}" if cuda else "CPU"
+        return (f"torch {torch_version} is built for {name(built)} but torchvision "
+                f"{torchvision_version} for {name(vision)}")
+    return None
+
+
+def check_torchvision() -> Check:
+    """torchvision imports, its compiled ops run (``torchvision.ops.nms``, which SAM2's
+    automatic masks use), and its version is the one made for this torch."""
+    try:
+        import torch
+        import torchvision
+        from torchvision.ops import nms
+
+        nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+    except Exception as exc:
+        return Check("torchvision", FAIL, f"not usable ({_first_line(exc)})", PAIR_FIX)
+    version = torchvision.__version__
+    problem = torchvision_pair_problem(torch.__version__, version, torch.version.cuda,
+                                       getattr(torchvision.version, "cuda", None))
+    if problem:
+        return Check("torchvision", FAIL, problem, PAIR_FIX)
+    return Check("torchvision", OK, version)
+
+
+def install_check() -> int:
+    """``make install``'s last step: torch, torchvision (with its ops) and sam2 import and
+    go together. Prints each failing check with its fix; returns 1 if any failed, else 0."""
+    failed = [c for c in (check_torch(), check_torchvision(), check_sam2()) if c.failed]
+    for c in failed:
+        print(f"make install: {c.name}: {c.detail}\n  fix: {c.fix}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def check_sam2() -> Check:
     """The sam2 package's version and that ``sam2.build_sam`` imports (it imports torch)."""
     try:
@@ -365,7 +440,7 @@ def check_log(path: Path) -> Check:
 # -- running and printing ------------------------------------------------------------------
 def checks_for(config: ServiceConfig) -> list[Callable[[], Check]]:
     """The checks for ``config``, in the order they are printed."""
-    return [check_python, check_torch, check_sam2, check_cuda, check_mps,
+    return [check_python, check_torch, check_torchvision, check_sam2, check_cuda, check_mps,
             lambda: check_device(config), lambda: check_checkpoint(config),
             lambda: check_socket(config.socket_path),
             lambda: check_socket_folder(config.socket_path), lambda: check_log(config.log_path)]
