@@ -14,7 +14,7 @@ machine state:
 * **daemon warm, by imageId**: the request with ``imageId`` instead of the image;
 * **daemon warm, by imageId, RLE**: the same with ``"maskEncoding": "rle"``.
 
-Three daemons run side by side (:data:`VARIANTS`): the defaults, one with issue 14's CPU
+Three daemons run side by side (:data:`VARIANTS`): the defaults, one with the CPU speed-ups
 changes turned off (``--allocator system --no-fastpath``) and one with ``--compile decoder``,
 their requests interleaved with the in-process samples, so each change's before and after
 come from the same run.
@@ -65,11 +65,11 @@ from sam2_service.wire.codecs import decode_any_mask  # noqa: E402
 from sam2_service.wire.frames import FrameDecoder, encode_message  # noqa: E402
 
 SIZES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}
-#: Issue 14's targets (CPU, tiny): cold request against in-process decode + set_image +
+#: The CPU speed-ups' targets (CPU, tiny): cold request against in-process decode + set_image +
 #: predict; warm by imageId (raw mask) against in-process predict; the same with RLE.
 TARGETS = {"cold / full": "<= 1.05", "by imageId / predict": "<= 1.05",
            "by imageId RLE / predict": "< 1.0"}
-#: Daemons measured side by side: today's defaults; with issue 14's CPU changes turned off
+#: Daemons measured side by side: today's defaults; with the CPU speed-ups turned off
 #: (glibc malloc as it comes, SAM2's predictor untouched; replies are still written in
 #: slices, not a setting); and with the prompt encoder and mask decoder compiled (off by
 #: default: it adds a minute or more to the start).

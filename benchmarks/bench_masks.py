@@ -1,4 +1,4 @@
-"""Mask encodings on the wire (issue 13): size and codec time per ``maskEncoding`` for a 1080p
+"""Mask encodings on the wire: size and codec time per ``maskEncoding`` for a 1080p
 mask, and warm by-imageId request time per encoding against a real daemon.
 
 Part 1, no model: two 1920x1080 masks, an *object* (an ellipse with a wavy outline, like a

@@ -1,4 +1,4 @@
-"""ONNX Runtime for the image encoder on CPU (issue 14): is it worth a ``--backend onnxruntime``?
+"""ONNX Runtime for the image encoder on CPU: is it worth a ``--backend onnxruntime``?
 
 A standalone measurement, not part of the daemon. The issue's rule: keep the backend only if the
 cold request (an image the daemon has not seen) is at least 1.1x faster at equal masks;

@@ -114,7 +114,7 @@ def compute_image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# -- compact mask encodings (issue 13; docs/protocol.md, "Mask encodings") ----------------------
+# -- compact mask encodings (docs/protocol.md, "Mask encodings") -----------------------------------
 
 #: ``maskEncoding`` value -> the reply key that carries a mask so encoded.
 MASK_ENCODINGS: Final = {"raw": "maskBase64", "rle": "maskRle", "png": "maskPng"}

@@ -6,7 +6,8 @@ import pytest
 
 from sam2_service.daemon.config import settings
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("field", settings(), ids=lambda f: f.name)
@@ -90,3 +91,33 @@ def test_readme_segment_examples_write_different_files():
     outputs = [line.split("--output ")[1].split()[0] for line in README.splitlines()
                if "sam2-service segment " in line and "--output " in line]
     assert len(outputs) >= 2 and len(set(outputs)) == len(outputs), outputs
+
+
+def test_no_work_item_names_in_code_or_docs():
+    """Code and docs name features, not the tracker's work items ("issue 13"): a reader of
+    the project has no such list."""
+    import re
+
+    pattern = re.compile(r"\bissue\s*#?\d+", re.IGNORECASE)
+    places = [*ROOT.joinpath("sam2_service").rglob("*.py"), ROOT / "README.md",
+              *ROOT.joinpath("docs").glob("*.md")]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in places
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_the_code_map_names_every_daemon_module():
+    """Each module of each daemon group appears in the README's code map by its name in
+    backticks, under its group's row; each row's group exists."""
+    readme = ROOT.joinpath("README.md").read_text()
+    code_map = readme[readme.index("## Code map"):readme.index("## Tests")]
+    rows = {line.split("`")[1]: line for line in code_map.splitlines()
+            if line.startswith("| `sam2_service/daemon/")}
+    daemon = ROOT / "sam2_service" / "daemon"
+    groups = sorted(p.name for p in daemon.iterdir() if (p / "__init__.py").exists())
+    assert sorted(r.split("/")[2] for r in rows if r.endswith("/")) == groups
+    for group in groups:
+        row = rows[f"sam2_service/daemon/{group}/"]
+        missing = [m.stem for m in (daemon / group).glob("*.py")
+                   if m.stem != "__init__" and f"`{m.stem}`" not in row]
+        assert not missing, f"{group}: {missing}"

@@ -127,7 +127,7 @@ def test_front_end_imports_leave_torch_out(modules: str) -> None:
     assert out.stdout.strip() == "", f"{modules} imported {out.stdout.strip()}"
 
 
-#: The size guide (issue "Layout for what comes next"): code a newcomer can read in one go.
+#: The size guide: code a newcomer can read in one go.
 MAX_CLASS_LINES, MAX_FUNCTION_LINES, MAX_MODULE_LINES = 250, 50, 500
 
 

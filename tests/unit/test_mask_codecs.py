@@ -1,4 +1,4 @@
-"""The compact mask encodings of issue 13 (wire/codecs.py): round trips, edge shapes, and RLE
+"""The compact mask encodings (wire/codecs.py): round trips, edge shapes, and RLE
 equal to sam2's own ``mask_to_rle_pytorch`` / ``rle_to_mask`` (COCO uncompressed RLE)."""
 
 from __future__ import annotations

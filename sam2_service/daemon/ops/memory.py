@@ -1,4 +1,4 @@
-"""The process's memory allocator, tuned for the model's large temporaries (issue 14).
+"""The process's memory allocator, tuned for the model's large temporaries (one of the CPU speed-ups).
 
 An image encoding on the CPU allocates and frees about 1.2 GB of activations, in blocks of
 tens of MB. glibc's malloc serves blocks that large with ``mmap`` and gives them back with
