@@ -34,6 +34,15 @@ install: $(STAMP)
 DUMMY_HINT = make run DUMMY=1$(if $(filter-out file,$(origin MODEL)), MODEL=$(MODEL))$(if \
   $(filter-out file,$(origin SOCKET)), SOCKET=$(SOCKET))
 
+# the models `serve --model` knows (sam2_service/daemon/config.py MODELS); `all` is the download
+# script's alone. Checked before the set-up, so a typo does not wait for the install first.
+MODELS := tiny small base_plus large
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifeq ($(filter $(MODEL),$(MODELS)),)
+$(error unknown MODEL '$(MODEL)': choose tiny, small, base_plus or large)
+endif
+endif
+
 run: install
 ifeq ($(DUMMY),1)
 	$(VENV)/bin/sam2-service serve --model $(MODEL) --socket $(SOCKET) --dummy-weights

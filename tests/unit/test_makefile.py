@@ -92,3 +92,16 @@ def test_install_ends_with_the_import_check_before_the_stamp():
     stamp = [i for i, l in enumerate(lines) if l.strip() == f"touch {STAMP}"]
     assert len(check) == 1 and len(stamp) == 1 and check[0] == stamp[0] - 1
     assert check[0] > max(i for i, l in enumerate(lines) if " -m pip install " in l)
+
+
+def test_run_refuses_an_unknown_model_before_the_set_up():
+    """`make run MODEL=huge` names the models `serve` takes (not the download script's `all`)
+    and stops before anything is installed or run."""
+    from sam2_service.daemon.config import MODELS
+
+    r = make("-n", "-B", "run", "MODEL=huge")
+    assert r.returncode != 0 and r.stdout == ""
+    assert "unknown MODEL 'huge': choose tiny, small, base_plus or large" in r.stderr
+    assert " all" not in r.stderr.split("choose")[1]
+    makefile = (REPO / "Makefile").read_text()
+    assert f"MODELS := {' '.join(MODELS)}\n" in makefile
