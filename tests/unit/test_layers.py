@@ -199,6 +199,23 @@ def test_daemon_imports_follow_its_groups(path: Path) -> None:
     assert not bad, "\n".join(bad)
 
 
+#: The daemon's modules that may import the model's stack: the model's groups, and the doctor
+#: (lazily, to check the install).
+MODEL_STACK_MODULES = ("sam2_service.daemon.inference", "sam2_service.daemon.auto",
+                       "sam2_service.daemon.ops.doctor")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "daemon").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_model_groups_import_torch(path: Path) -> None:
+    name = _module_name(path)
+    if name.startswith(MODEL_STACK_MODULES):
+        return
+    stack = sorted({t.split(".")[0] for _, t in _imports(path.read_text(), name, path.name == "__init__.py")}
+                   & MODEL_STACK)
+    assert not stack, f"{name} imports {stack}"
+
+
 def test_the_daemon_group_check_can_fail() -> None:
     assert _daemon_violations("from ..serving.dispatch import Dispatcher\n",
                               "sam2_service.daemon.inference.worker") == [
