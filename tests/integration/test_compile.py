@@ -16,7 +16,7 @@ import pytest
 import skimage.data
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.inference import compiling
+from sam2_service.daemon.inference import compiling, sam2_compat
 from sam2_service.daemon.inference.engine import Sam2Engine
 from sam2_service.daemon.inference.prompts import Prompts
 
@@ -28,7 +28,7 @@ from .conftest import (
     start_daemon,
 )
 
-#: The issue's parity bounds: mask IoU at least this, score within SCORE_TOL.
+#: The parity bounds of ``--compile``: mask IoU at least this, score within SCORE_TOL.
 MIN_IOU = 0.99
 SCORE_TOL = 1e-3
 
@@ -109,7 +109,7 @@ def eager(reference, prompts: Prompts):
             point_coords=prompts.point_coords, point_labels=prompts.point_labels,
             box=prompts.box, mask_input=prompts.mask_input,
             multimask_output=prompts.multimask_output)
-    h, w = reference._orig_hw[0]
+    h, w = sam2_compat.image_size(reference)
     return (masks.reshape(-1, h, w) > 0, scores.reshape(-1),
             logits.reshape(-1, *logits.shape[-2:]))
 

@@ -15,6 +15,7 @@ import skimage.data
 from PIL import Image
 
 from sam2_service.daemon.config import ServiceConfig
+from sam2_service.daemon.inference import sam2_compat
 from sam2_service.daemon.inference.engine import Sam2Engine
 from sam2_service.daemon.inference.fastpath import DeviceTransforms
 from sam2_service.daemon.inference.prompts import Prompts
@@ -142,7 +143,7 @@ def test_device_transforms_equal_sam2_transforms(reference, image):
     through SAM2's own path."""
     import torch
 
-    base = reference._transforms
+    base = sam2_compat.transforms(reference)
     ours = DeviceTransforms(base, "cpu")
     for img in (image, image[:301, :517], np.asarray(skimage.data.astronaut())):
         expected = base(img)

@@ -7,7 +7,8 @@ the image embedding comes from the daemon's :class:`~.engine.Sam2Engine` (and so
 embedding cache), and is put into the generator's own predictor before each batch, as
 ``set_image`` would have left it. The masks are therefore those of ``generate`` with the
 same model and settings. Blocking; call from the inference thread only. torch and sam2 are
-imported lazily (the daemon layer is the model's).
+imported lazily (the daemon layer is the model's); the generator's private method is called
+through :mod:`~sam2_service.daemon.inference.sam2_compat`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...wire.auto import AutoSettings
+from ..inference import sam2_compat
 from ..inference.engine import Embedding, Sam2Engine
 
 
@@ -91,8 +93,8 @@ class StepGenerator:
         embedding; returns sam2's MaskData (RLEs in the HxW image ``orig_size``)."""
         self.engine.use_embedding(embedding, self.gen.predictor)
         with self.engine._inference():
-            return self.gen._process_batch(crop.batches[index], embedding.orig_hw,
-                                           list(crop.box), orig_size, normalize=True)
+            return sam2_compat.process_batch(self.gen, crop.batches[index], embedding.orig_hw,
+                                             list(crop.box), orig_size)
 
     def finish_crop(self, batches: list[Any], crop: CropPlan) -> Any:
         """Box NMS within the crop and back to image coordinates (``_process_crop``'s end)."""

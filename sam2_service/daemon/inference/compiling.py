@@ -52,6 +52,7 @@ from typing import Any, Callable, ContextManager, get_args
 import numpy as np
 
 from ..config import Compile, StartupError
+from . import sam2_compat
 
 #: ``--compile`` value -> the SAM2 model attributes it compiles.
 PARTS: dict[str, tuple[str, ...]] = {
@@ -196,7 +197,7 @@ def compile_parts(model: Any, device: str, mode: str) -> dict[str, str]:
     mode. A model already compiled is left alone."""
     import torch
 
-    done = getattr(model, "_sam2_service_compiled", None)
+    done = sam2_compat.compiled_parts(model)
     if done is not None:
         return dict(done)
     import torch._dynamo.config as dynamo_config
@@ -210,7 +211,7 @@ def compile_parts(model: Any, device: str, mode: str) -> dict[str, str]:
                            dynamic=False if part == "image_encoder" else None)
         module.forward = _wrap(fn, CANONICAL_INPUTS[part], tmode == "reduce-overhead")
         parts[part] = tmode
-    model._sam2_service_compiled = parts
+    sam2_compat.mark_compiled(model, parts)
     return dict(parts)
 
 
@@ -227,7 +228,7 @@ def warm_up(model: Any, inference: Callable[[], ContextManager[Any]]) -> None:
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
         predictor = SAM2ImagePredictor(model)
     image = np.full((WARMUP_SIDE, WARMUP_SIDE, 3), 127, dtype=np.uint8)
-    encoder_runs = 2 if "image_encoder" in getattr(model, "_sam2_service_compiled", {}) else 1
+    encoder_runs = 2 if "image_encoder" in (sam2_compat.compiled_parts(model) or {}) else 1
     with inference():
         for _ in range(encoder_runs):
             predictor.set_image(image)

@@ -1,10 +1,11 @@
-"""Speed-ups around SAM2's image predictor that keep its results (issue 14).
+"""The fast path: speed-ups around SAM2's image predictor that keep its results.
 
 Each function here changes where, how often or in which memory layout SAM2's own
 computation runs, never what it computes (the layout changes float rounding, ~1e-7 in the
 logits); tests/integration/test_fastpath.py checks each against ``SAM2ImagePredictor`` with
 the same weights. torch is imported inside the functions: this module is only used by
-:mod:`sam2_service.daemon.inference.engine` on the inference thread.
+:mod:`sam2_service.daemon.inference.engine` on the inference thread. The sam2 internals it
+changes or calls are reached through :mod:`.sam2_compat`.
 
 * :func:`cache_dense_pe`: the prompt encoder's dense positional encoding, computed once.
 * :func:`channels_last_upscaling`: the mask decoder's upscaling convolutions in the memory
@@ -20,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from . import sam2_compat
 
 
 def cache_dense_pe(model: Any) -> None:
@@ -37,9 +40,8 @@ def cache_dense_pe(model: Any) -> None:
     prompt encoder, so every predictor over this model (the automatic mask generator's too)
     uses it.
     """
-    encoder = model.sam_prompt_encoder
-    pe = type(encoder).get_dense_pe(encoder).contiguous()
-    encoder.get_dense_pe = lambda: pe
+    pe = sam2_compat.dense_pe(model).contiguous()
+    sam2_compat.replace_dense_pe(model, pe)
 
 
 def channels_last_upscaling(model: Any) -> None:
@@ -61,7 +63,7 @@ def channels_last_upscaling(model: Any) -> None:
     """
     import torch
 
-    model.sam_mask_decoder.output_upscaling.to(memory_format=torch.channels_last)
+    sam2_compat.mask_upscaling(model).to(memory_format=torch.channels_last)
 
 
 class DeviceTransforms:
@@ -121,10 +123,10 @@ def predict_masks(predictor: Any, prompts: Any) -> tuple[np.ndarray, np.ndarray,
         squeezed when it is 1): masks ...xHxW bool, scores ... float32, logits ...x256x256
         float32.
     """
-    mask_input, coords, labels, box = predictor._prep_prompts(
-        prompts.point_coords, prompts.point_labels, prompts.box, prompts.mask_input, True)
-    masks, iou, low_res = predictor._predict(coords, labels, box, mask_input,
-                                             prompts.multimask_output, return_logits=False)
+    mask_input, coords, labels, box = sam2_compat.prep_prompts(
+        predictor, prompts.point_coords, prompts.point_labels, prompts.box, prompts.mask_input)
+    masks, iou, low_res = sam2_compat.predict_tensors(predictor, coords, labels, box, mask_input,
+                                                      prompts.multimask_output)
     return (to_host(masks.squeeze(0)), iou.squeeze(0).float().cpu().numpy(),
             low_res.squeeze(0).float().cpu().numpy())
 
