@@ -387,3 +387,13 @@ def test_install_check_prints_each_failure_with_its_fix(monkeypatch, capsys):
     assert doctor.install_check() == 1
     err = capsys.readouterr().err
     assert err.startswith("make install: torchvision: not usable") and "fix: reinstall torch" in err
+
+
+def test_another_sam2_release_is_a_warning_naming_the_one_written_for(monkeypatch):
+    from sam2_service.daemon.inference import sam2_compat
+
+    assert doctor.check_sam2().status == OK  # 1.1.0 here
+    monkeypatch.setattr(doctor.importlib.metadata, "version", lambda name: "1.2.0")
+    c = doctor.check_sam2()
+    assert c.status == WARN and c.detail.startswith("1.2.0: ")
+    assert f"sam2 {sam2_compat.WRITTEN_FOR}" in c.detail and f"sam2=={sam2_compat.WRITTEN_FOR}" in c.fix

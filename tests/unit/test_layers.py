@@ -157,7 +157,7 @@ DAEMON_GROUPS = {
     "serving": {"config", "serving", "inference", "auto", "ops"},
     "inference": {"config", "inference", "ops.logs"},
     "auto": {"config", "auto", "inference", "ops.logs"},
-    "ops": {"config", "ops", "serving.sockets", "inference.hardware"},
+    "ops": {"config", "ops", "serving.sockets", "inference.hardware", "inference.sam2_compat"},
 }
 
 

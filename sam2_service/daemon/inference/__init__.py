@@ -6,6 +6,7 @@ mask-logits caches of :mod:`.cache`, :mod:`.devices` one worker per device and t
 between them. :mod:`.prompts` checks prompts against the image, :mod:`.imaging` decodes PNG
 and JPEG within the pixel limit. :mod:`.engine` wraps SAM2's image predictor;
 :mod:`.fastpath`, :mod:`.compiling` and :mod:`.hardware` are its speed-ups, ``torch.compile``
-and device/precision choice. These (and :mod:`sam2_service.daemon.auto`) are the modules
-that import torch.
+and device/precision choice; :mod:`.sam2_compat` holds every access to sam2's private
+attributes, checked against the sam2 release it was written for. These (with
+:mod:`sam2_service.daemon.auto`, and the doctor lazily) are the modules that import torch.
 """

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import ServiceConfig
+from ..inference.sam2_compat import WRITTEN_FOR, version_message
 from ..serving.sockets import describe_uid, listener_uid, max_socket_path_bytes
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -179,6 +180,9 @@ def check_sam2() -> Check:
         return Check("sam2", FAIL, f"{version}: sam2.build_sam not importable ({_first_line(exc)})",
                      f"{INSTALL_FIX} (SAM2_BUILD_CUDA=0 pip install --no-build-isolation "
                      "sam2==1.1.0)")
+    if version_message(None if version == "unknown version" else version) is not None:
+        return Check("sam2", WARN, f"{version}: the daemon's use of sam2 internals was written for "
+                     f"sam2 {WRITTEN_FOR}", f"{INSTALL_FIX} (sam2=={WRITTEN_FOR})")
     return Check("sam2", OK, version)
 
 
