@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .client import DEFAULT_TIMEOUT
 from .daemon.config import ServiceConfig, parse_env_value, settings
+from .wire.frames import DEFAULT_SOCKET
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,10 +62,11 @@ def config_from_args(ns: argparse.Namespace, env: dict[str, str] | None = None) 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=None,
-                        help="daemon socket (env SAM2_SERVICE_SOCKET, default /tmp/wcc-sam2.sock)")
+                        help=f"daemon socket (env SAM2_SERVICE_SOCKET, default {DEFAULT_SOCKET})")
     parser.add_argument("--timeout", type=float,
-                        default=float(os.environ.get("SAM2_SERVICE_TIMEOUT", "300")),
-                        help="seconds to wait for a reply (env SAM2_SERVICE_TIMEOUT, default 300)")
+                        default=float(os.environ.get("SAM2_SERVICE_TIMEOUT", DEFAULT_TIMEOUT)),
+                        help="seconds to wait for a reply (env SAM2_SERVICE_TIMEOUT, default "
+                             f"{DEFAULT_TIMEOUT:g})")
 
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -274,7 +277,8 @@ def _client_command(ns: argparse.Namespace) -> int:
 
 
 def _print_extended(result: Any) -> None:
-    """The issue 13 parts of a reply, if any: its maskId and each candidate's or box's."""
+    """The protocol additions' parts of a reply (maskId, multimask candidates, boxes' masks),
+    if any: its maskId and each candidate's or box's."""
     if result.mask_id is not None:
         print(f"maskId={result.mask_id}")
     for name, entries in (("candidate", result.candidates), ("box", result.masks)):

@@ -1,35 +1,40 @@
 """Clients of the daemon, for the CLI and the front-ends (browser gateway, napari plugin).
 
-Requests are built and replies read without I/O in :mod:`.core`; :class:`Client` (blocking,
-:mod:`.sync`) and :class:`AsyncClient` (asyncio, :mod:`.aio`) carry them over the socket.
-:mod:`.overlay` draws a mask and its prompts on the image. Imports :mod:`sam2_service.wire`
-only: no torch, no daemon code, so a front-end's environment needs neither.
+Requests are built and replies read without I/O in :mod:`.core` (and :mod:`.auto`); each
+operation (ping, info, segment, embed, auto, release) is written once in :mod:`.ops` as a
+generator of "send this request / run this work" steps, carried out by :class:`Client`
+(blocking, :mod:`.sync`) or :class:`AsyncClient` (asyncio, :mod:`.aio`) over the socket
+(:mod:`.connection`). :mod:`.overlay` draws a mask and its prompts on the image. Imports
+:mod:`sam2_service.wire` only: no torch, no daemon code, so a front-end's environment needs
+neither.
 """
 
 from .aio import AsyncClient
 from .auto import AutoResult, build_auto_request, parse_auto_response
 from .core import (
-                   ClientError,
-                   ImageInput,
-                   ImageMemo,
-                   ImageRef,
-                   MaskCandidate,
-                   PointInput,
-                   PreparedImage,
-                   RequestFailed,
-                   SegmentResult,
-                   build_embed_request,
-                   build_segment_request,
-                   check_response,
-                   default_socket_path,
-                   encode_image_input,
-                   parse_segment_response,
-                   prepare_image,
+    DEFAULT_TIMEOUT,
+    ClientError,
+    ImageInput,
+    ImageMemo,
+    ImageRef,
+    MaskCandidate,
+    PointInput,
+    PreparedImage,
+    RequestFailed,
+    SegmentOptions,
+    SegmentResult,
+    build_embed_request,
+    build_segment_request,
+    check_response,
+    default_socket_path,
+    encode_image_input,
+    parse_segment_response,
+    prepare_image,
 )
 from .sync import Client
 
 __all__ = ["AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
-           "Client", "ClientError", "ImageInput", "ImageMemo", "ImageRef", "MaskCandidate",
-           "PointInput", "PreparedImage", "RequestFailed", "SegmentResult", "build_embed_request",
-           "build_segment_request", "check_response", "default_socket_path", "encode_image_input",
-           "parse_segment_response", "prepare_image"]
+           "Client", "ClientError", "DEFAULT_TIMEOUT", "ImageInput", "ImageMemo", "ImageRef",
+           "MaskCandidate", "PointInput", "PreparedImage", "RequestFailed", "SegmentOptions",
+           "SegmentResult", "build_embed_request", "build_segment_request", "check_response",
+           "default_socket_path", "encode_image_input", "parse_segment_response", "prepare_image"]

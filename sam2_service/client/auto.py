@@ -1,11 +1,10 @@
-"""The ``{"op": "auto"}`` exchange, I/O-free: request built, reply read into a numpy label
-map and its table. Both transports (:class:`~.sync.Client`, :class:`~.aio.AsyncClient`)
-drive :func:`auto_steps`.
+"""The ``{"op": "auto"}`` request and reply, I/O-free: request built, reply read into a numpy
+label map and its table (the operation itself is :func:`~.ops.auto_steps`), and the label
+map's colours for an overlay.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -13,7 +12,7 @@ import numpy as np
 import pybase64
 
 from ..wire.auto import AUTO_FIELDS, decode_labels
-from .core import ClientError, ImageMemo, ImageRef, PreparedImage, Steps, check_response
+from .core import ClientError, ImageRef, PreparedImage, check_response, new_request_id
 
 #: Python keyword -> wire name of the auto settings (``points_per_side`` -> ``pointsPerSide``).
 AUTO_KEYWORDS = {name: wire for wire, (name, *_) in AUTO_FIELDS.items()}
@@ -50,7 +49,7 @@ def build_auto_request(image: ImageRef | PreparedImage, *,
     unknown = set(settings) - set(AUTO_KEYWORDS)
     if unknown:
         raise TypeError(f"unknown auto settings: {', '.join(sorted(unknown))}")
-    msg: dict[str, Any] = {"op": "auto", "requestId": request_id or f"cli-{os.urandom(6).hex()}",
+    msg: dict[str, Any] = {"op": "auto", "requestId": request_id or new_request_id(),
                            "width": image.width, "height": image.height}
     if isinstance(image, ImageRef):
         msg["imageId"] = image.image_id
@@ -79,13 +78,6 @@ def parse_auto_response(response: dict[str, Any]) -> AutoResult:
         raise ClientError(f"malformed auto reply: {exc}") from None
     rest = {k: v for k, v in response.items() if k != "labelsBase64"}
     return AutoResult(labels, list(response.get("labels", [])), rest)
-
-
-def auto_steps(memo: ImageMemo, image: ImageRef | PreparedImage, **kw: Any) -> Steps:
-    """The auto exchange (one request); returns the :class:`AutoResult`."""
-    result = parse_auto_response((yield build_auto_request(image, **kw)))
-    memo.remember(result.raw.get("imageId"))
-    return result
 
 
 def label_colours(n: int) -> np.ndarray:

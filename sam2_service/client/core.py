@@ -1,6 +1,7 @@
-"""The clients' I/O-free core: requests built, replies read and checked, the server's uid
-judged, and the segment-with-reuse logic written once as a generator that both transports
-(:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`) drive.
+"""The clients' I/O-free core: the values they take and give back, requests built, replies read
+and checked, and the server's uid judged. :mod:`.ops` writes each operation once on top of
+these; the transports (:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`)
+only carry its requests.
 
 Front-ends (CLI, WebSocket gateway, napari plugin) use these; nothing here imports torch or
 touches a socket. Masks come back as numpy ``uint8`` arrays of shape (H, W), 0 background and
@@ -16,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import pybase64
@@ -27,14 +28,9 @@ from ..wire.errors import ImageDecodeError, ServiceError
 from ..wire.frames import DEFAULT_SOCKET, decode_message
 from ..wire.peer import peer_allowed
 
-#: Seconds to wait for a reply. Generous: a cold request on a laptop CPU takes seconds.
+#: Seconds the clients wait for connecting and for each reply (the CLI's ``--timeout`` default).
+#: Generous: a cold request on a laptop CPU takes seconds.
 DEFAULT_TIMEOUT = 300.0
-#: Largest reply frame the client accepts (an 8K mask is ~45 MB of base64).
-CLIENT_MAX_FRAME_BYTES = 1 << 30
-#: Bytes asked of the socket per read.
-RECV_CHUNK = 1 << 18
-#: Pause between connection attempts while the daemon's accept queue is full, seconds.
-CONNECT_RETRY_S = 0.01
 
 #: Images remembered per client: which imageIds the daemon has embedded, and the PNG
 #: encoding of recently sent arrays (so a resent array is hashed, not re-encoded).
@@ -180,60 +176,101 @@ def prepare_image(image: str | os.PathLike | bytes | np.ndarray) -> PreparedImag
     return PreparedImage(data, width, height, compute_image_id(data))
 
 
-def build_segment_request(image: ImageInput | PreparedImage, *,
-                          bbox: Sequence[float] | None = None,
-                          points: Iterable[PointInput] = (),
-                          request_id: str | None = None,
-                          encoding: str | None = None, multimask: bool = False,
-                          boxes: Iterable[Sequence[float]] | None = None,
-                          mask_input: str | None = None) -> dict[str, Any]:
-    """A protocol v1 segment request, with issue 13's options when given.
+def new_request_id() -> str:
+    """A fresh ``requestId`` (``cli-`` and 12 hex digits)."""
+    return f"cli-{os.urandom(6).hex()}"
+
+
+def _xyxy(box: Sequence[float]) -> dict[str, float]:
+    return dict(zip(("x1", "y1", "x2", "y2"), map(float, box)))
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """The prompt and options of a segment request: the keywords of
+    :func:`build_segment_request` and of the clients' ``segment``, listed here once.
+
+    Attributes:
+        bbox: (x1, y1, x2, y2) in pixels, XYXY; may reach outside the image.
+        points: (x, y) or (x, y, label) in pixels; label 1 foreground (default), 0
+            background. Kept as a tuple (a request may be sent twice).
+        encoding: ``maskEncoding``: ``"raw"``, ``"rle"`` or ``"png"``; None sends none.
+        multimask: ask for SAM2's three candidates.
+        boxes: (x1, y1, x2, y2) boxes, XYXY pixels, for SAM2's batched box prompt (a tuple).
+        mask_input: a ``maskId`` of an earlier reply on the same image, to refine.
+
+    ``encoding``, ``multimask``, ``boxes`` and ``mask_input`` are the protocol additions
+    (docs/protocol.md, "Protocol additions"): any of them makes the reply the extended one,
+    with ``maskId``. Unknown keywords raise ``TypeError``.
+    """
+
+    bbox: Sequence[float] | None = None
+    points: Sequence[PointInput] = ()
+    encoding: str | None = None
+    multimask: bool = False
+    boxes: Sequence[Sequence[float]] | None = None
+    mask_input: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "points", tuple(self.points))
+        if self.boxes is not None:
+            object.__setattr__(self, "boxes", tuple(self.boxes))
+
+    def fields(self) -> dict[str, Any]:
+        """The request fields the options give (``bbox``, ``points``, ``maskEncoding``,
+        ``multimask``, ``boxes``, ``maskInput``), only those that were set."""
+        msg: dict[str, Any] = {}
+        if self.bbox is not None:
+            msg["bbox"] = _xyxy(self.bbox)
+        if self.points:
+            msg["points"] = [{"x": float(p[0]), "y": float(p[1]),
+                              "label": int(p[2]) if len(p) > 2 else 1} for p in self.points]
+        if self.encoding is not None:
+            msg["maskEncoding"] = self.encoding
+        if self.multimask:
+            msg["multimask"] = True
+        if self.boxes is not None:
+            msg["boxes"] = [_xyxy(b) for b in self.boxes]
+        if self.mask_input is not None:
+            msg["maskInput"] = self.mask_input
+        return msg
+
+    def request(self, image: ImageInput | PreparedImage,
+                request_id: str | None = None) -> dict[str, Any]:
+        """The protocol v1 segment request for ``image`` with these options (see
+        :func:`build_segment_request`)."""
+        msg: dict[str, Any] = {"requestId": request_id or new_request_id()}
+        if isinstance(image, ImageRef):
+            msg.update(width=image.width, height=image.height, imageId=image.image_id)
+        else:
+            prepared = image if isinstance(image, PreparedImage) else prepare_image(image)
+            msg.update(width=prepared.width, height=prepared.height,
+                       imageBase64=pybase64.b64encode_as_string(prepared.data))
+        msg.update(self.fields())
+        return msg
+
+
+def build_segment_request(image: ImageInput | PreparedImage, *, request_id: str | None = None,
+                          **options: Any) -> dict[str, Any]:
+    """A protocol v1 segment request, with the protocol additions' fields when asked for.
 
     Args:
-        image: see :func:`encode_image_input`; an :class:`ImageRef` is sent as ``imageId``.
-        bbox: (x1, y1, x2, y2) in pixels, XYXY.
-        points: (x, y) or (x, y, label) in pixels; label 1 foreground (default), 0 background.
+        image: see :func:`encode_image_input`; an :class:`ImageRef` is sent as ``imageId``,
+            a :class:`PreparedImage` as its bytes.
         request_id: defaults to a fresh one.
-        encoding: ``maskEncoding``: ``"raw"``, ``"rle"`` or ``"png"``; None sends none (any
-            option makes the reply the extended one, with ``maskId``).
-        multimask: ask for SAM2's three candidates.
-        boxes: (x1, y1, x2, y2) boxes, XYXY pixels, for SAM2's batched box prompt.
-        mask_input: a ``maskId`` of an earlier reply on the same image, to refine.
+        options: :class:`SegmentOptions`' keywords: ``bbox`` (XYXY pixels), ``points``
+            ((x, y[, label]) pixels), ``encoding``, ``multimask``, ``boxes``, ``mask_input``.
+
+    Raises:
+        TypeError: an unknown keyword.
+        ValueError: an image array that is not HxW or HxWx3 uint8.
     """
-    msg: dict[str, Any] = {"requestId": request_id or f"cli-{os.urandom(6).hex()}"}
-    if isinstance(image, ImageRef):
-        msg.update(width=image.width, height=image.height, imageId=image.image_id)
-    else:
-        prepared = image if isinstance(image, PreparedImage) else prepare_image(image)
-        msg.update(width=prepared.width, height=prepared.height,
-                   imageBase64=pybase64.b64encode_as_string(prepared.data))
-    if bbox is not None:
-        msg["bbox"] = dict(zip(("x1", "y1", "x2", "y2"), map(float, bbox)))
-    pts = [{"x": float(p[0]), "y": float(p[1]), "label": int(p[2]) if len(p) > 2 else 1}
-           for p in points]
-    if pts:
-        msg["points"] = pts
-    return _add_options(msg, encoding, multimask, boxes, mask_input)
-
-
-def _add_options(msg: dict[str, Any], encoding: str | None, multimask: bool,
-                 boxes: Iterable[Sequence[float]] | None, mask_input: str | None
-                 ) -> dict[str, Any]:
-    """``msg`` with the issue 13 fields that were given (none: ``msg`` unchanged)."""
-    if encoding is not None:
-        msg["maskEncoding"] = encoding
-    if multimask:
-        msg["multimask"] = True
-    if boxes is not None:
-        msg["boxes"] = [dict(zip(("x1", "y1", "x2", "y2"), map(float, b))) for b in boxes]
-    if mask_input is not None:
-        msg["maskInput"] = mask_input
-    return msg
+    return SegmentOptions(**options).request(image, request_id)
 
 
 def build_embed_request(image: PreparedImage, request_id: str | None = None) -> dict[str, Any]:
     """A protocol v1 ``embed`` request for a prepared image."""
-    return {"op": "embed", "requestId": request_id or f"cli-{os.urandom(6).hex()}",
+    return {"op": "embed", "requestId": request_id or new_request_id(),
             "width": image.width, "height": image.height,
             "imageBase64": pybase64.b64encode_as_string(image.data)}
 
@@ -339,58 +376,6 @@ def decode_reply(payload: bytes) -> dict[str, Any]:
         raise ClientError(f"bad reply from daemon: {exc.message}") from None
 
 
-#: A request to send, and the reply it gets back: what the transports' drive loops carry.
-Steps = Generator[dict[str, Any], dict[str, Any], Any]
-
-
-def segment_steps(memo: ImageMemo, image: ImageRef | PreparedImage, *, reuse: bool = True,
-                  bbox: Sequence[float] | None = None, points: Iterable[PointInput] = (),
-                  request_id: str | None = None, **options: Any) -> Steps:
-    """The segment exchange, as a generator: yields each request (a dict) and is sent its
-    reply; returns the :class:`SegmentResult`.
-
-    With ``reuse``, an image ``memo`` knows goes as its ``imageId`` first; an ``unknown_image``
-    reply makes it forget the id and yields the full image. An :class:`ImageRef` is always sent
-    by id (``unknown_image`` then raises). ``options`` are :func:`build_segment_request`'s
-    issue 13 keywords (``encoding``, ``multimask``, ``boxes``, ``mask_input``). Raises what
-    :func:`parse_segment_response` raises.
-    """
-    points = list(points)  # may be sent twice
-    kw: dict[str, Any] = dict(bbox=bbox, points=points, request_id=request_id, **options)
-    if isinstance(image, ImageRef):
-        return parse_segment_response((yield build_segment_request(image, **kw)))
-    if reuse and memo.known(image.image_id):
-        reply = yield build_segment_request(image.ref, **kw)
-        if reply.get("code") != "unknown_image":
-            return parse_segment_response(reply)
-        memo.forget(image.image_id)
-    result = parse_segment_response((yield build_segment_request(image, **kw)))
-    memo.remember(result.image_id)
-    return result
-
-
-def embed_steps(memo: ImageMemo, image: PreparedImage, request_id: str | None = None) -> Steps:
-    """The embed exchange (one request); returns the :class:`ImageRef`, remembered in ``memo``.
-
-    Raises:
-        RequestFailed: an error reply.
-    """
-    reply = check_response((yield build_embed_request(image, request_id)))
-    memo.remember(reply["imageId"])
-    return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
-
-
-def release_steps(memo: ImageMemo, image: ImageRef | str) -> Steps:
-    """The release exchange (one request); returns True if the daemon had the embedding.
-
-    Raises:
-        RequestFailed: an error reply.
-    """
-    iid = image.image_id if isinstance(image, ImageRef) else image
-    memo.forget(iid)
-    return bool(check_response((yield {"op": "release", "imageId": iid}))["released"])
-
-
 def check_server_uid(uid: int | None, socket_path: str, own_uid: int | None = None) -> None:
     """Refuse a server run by another user, before anything is sent to it.
 
@@ -410,26 +395,3 @@ def check_server_uid(uid: int | None, socket_path: str, own_uid: int | None = No
             "root; nothing was sent. Another user may have bound the socket first: stop that "
             "process or remove the socket and start your daemon, or use a socket in a directory "
             "only you can write (--socket or SAM2_SERVICE_SOCKET)", "")
-
-
-def connect_failed(socket_path: str, exc: OSError) -> ClientError:
-    """The error for a connect that failed with ``exc`` (no daemon, no permission, ...)."""
-    return ClientError(f"cannot connect to {socket_path}: {exc.strerror or exc} (is the daemon "
-                       "running? start it with `make run`)")
-
-
-def queue_stayed_full(socket_path: str, timeout: float) -> ClientError:
-    """The error for a connect that kept failing with EAGAIN (full accept queue) until timeout."""
-    return ClientError(f"cannot connect to {socket_path}: its accept queue stayed full for "
-                       f"{timeout} s")
-
-
-def __getattr__(name: str) -> Any:
-    """``Client`` and ``AsyncClient`` used to live here: keep ``core.Client`` importable."""
-    if name == "Client":
-        from .sync import Client
-        return Client
-    if name == "AsyncClient":
-        from .aio import AsyncClient
-        return AsyncClient
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

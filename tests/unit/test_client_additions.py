@@ -1,6 +1,7 @@
-"""Issue 13 in the client (client/core.py) and the CLI, without a daemon: requests carry the
-new fields only when asked, replies in every encoding decode to the same (H, W) uint8 mask,
-and candidates/masks/maskId are exposed."""
+"""The protocol additions (maskEncoding, multimask, boxes, maskInput) in the client
+(client/core.py) and the CLI, without a daemon: requests carry the new fields only when asked,
+replies in every encoding decode to the same (H, W) uint8 mask, and candidates/masks/maskId
+are exposed."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from sam2_service.client import AsyncClient, Client, ClientError, RequestFailed, aio, sync
+from sam2_service.client import AsyncClient, Client, ClientError, RequestFailed, connection
 from sam2_service.client.core import check_server_uid
 from sam2_service.wire.frames import FrameDecoder, decode_message
 
@@ -68,14 +68,16 @@ def ping(transport: str, path: str) -> dict:
     return asyncio.run(run())
 
 
-TRANSPORTS = {"sync": sync, "async": aio}
+#: Both transports connect through :func:`sam2_service.client.connection.connect_steps`, which
+#: asks ``connection.peer_uid`` for the server's uid.
+TRANSPORTS = ["sync", "async"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_server_of_another_user_is_refused_before_anything_is_sent(transport, listener,
                                                                       monkeypatch):
     path, srv = listener
-    monkeypatch.setattr(TRANSPORTS[transport], "peer_uid", lambda sock: OTHER)
+    monkeypatch.setattr(connection, "peer_uid", lambda sock: OTHER)
     with pytest.raises(RequestFailed) as info:
         ping(transport, path)
     assert info.value.code == "untrusted_server"
@@ -88,7 +90,7 @@ def test_a_server_of_another_user_is_refused_before_anything_is_sent(transport, 
 def test_root_or_the_same_user_is_trusted(transport, uid, listener, monkeypatch):
     """The ping goes out (the listener never answers, so the client times out)."""
     path, srv = listener
-    monkeypatch.setattr(TRANSPORTS[transport], "peer_uid", lambda sock: uid)
+    monkeypatch.setattr(connection, "peer_uid", lambda sock: uid)
     with pytest.raises(ClientError, match="no reply") as info:
         ping(transport, path)
     assert not isinstance(info.value, RequestFailed)
