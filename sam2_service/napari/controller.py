@@ -7,6 +7,12 @@ image layer's number of dimensions; a prompt's world position (..., row, col) is
 image's data pixels with the image layer's scale and translate (:func:`.logic.world_to_xy`) and
 sent to the daemon as (x, y). Label layers share the image layer's scale and translate, so the
 label pixel (row, col) lies under image pixel (row, col).
+
+Requests: latest wins per prompt layer (:class:`~sam2_service.client.interactive.Tickets`:
+a points result never drops a boxes result, nor the reverse), and each plane is
+embedded once per content (:func:`~sam2_service.client.interactive.array_key` of the uint8
+plane sent): an edited layer has new content, so it is embedded again; an evicted embedding is
+embedded again by its :class:`~sam2_service.client.interactive.ImageHandle`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..client import Client, ClientError, ImageRef, RequestFailed
+from ..client import DEFAULT_TIMEOUT, Client, ClientError
+from ..client.interactive import ImageHandles, Tickets, error_text, point_inside
 from . import logic
 from .names import draw_names
 
@@ -26,6 +33,8 @@ MASKS = {POINTS: "Points_mask", BOX: "Box_mask"}
 POINT_COLOURS = {"color_properties": "label", "color_mode": "cycle",
                  "categorical_colormap": {"colormap": {"foreground": "lime", "background": "red"}}}
 START_HINT = "start it with `make run` (or `sam2-service serve --socket {path}`)"
+#: Planes whose embeddings are remembered (by content), most recently used kept.
+EMBEDDED_PLANES = 32
 
 
 @dataclass
@@ -63,6 +72,17 @@ def _retire(viewer: Any, name: str, fits: Callable[[Any], bool]) -> None:
         viewer.layers[name].name = f"{name} (earlier image)"
 
 
+def _point_outside(xy: np.ndarray, plane: logic.Plane) -> str | None:
+    """Why the daemon would refuse these (N, 2) (x, y) points on ``plane`` (one lies outside
+    the image by the protocol's rule, :func:`point_inside`), or None when all are inside."""
+    h, w = plane.image.shape[:2]
+    for x, y in xy:
+        if not point_inside(x, y, w, h):
+            return (f"Not segmented: the point at x={x:g}, y={y:g} lies outside the {w}x{h} "
+                    "image; move it onto the image")
+    return None
+
+
 class Controller:
     """Prompts -> daemon -> label layers for one viewer.
 
@@ -81,9 +101,9 @@ class Controller:
         self.auto_settings: dict[str, Any] = {"points_per_side": 16}
         self.tile, self.halo = 0, 0
         self.undo_stack: list[Edit] = []
-        self._refs: dict[tuple, ImageRef] = {}
+        self.images = ImageHandles(EMBEDDED_PLANES)  # the planes' embeddings, by content
         self._live: dict[str, Edit] = {}
-        self._generation = 0
+        self.tickets = {POINTS: Tickets(), BOX: Tickets()}  # per prompt kind, latest wins
         self._writing = False
         self.status: Callable[[str], None] = lambda text: None
 
@@ -91,17 +111,18 @@ class Controller:
     def connect(self, socket_path: str | None) -> str:
         """Connect and return a status line: the model and device, or why it failed and how
         to start the daemon."""
-        client = Client(socket_path or None, timeout=300.0)
+        client = Client(socket_path or None, timeout=DEFAULT_TIMEOUT)
         try:
             info = client.info()
         except (ClientError, OSError) as exc:
             client.close()
             self.client = None
-            return f"Not connected: {exc}\nThe daemon is not running at {client.socket_path}; " \
-                   + START_HINT.format(path=client.socket_path)
+            return f"Not connected: {error_text(exc)}\nThe daemon is not running at " \
+                   f"{client.socket_path}; " + START_HINT.format(path=client.socket_path)
         if self.client is not None:
             self.client.close()
-        self.client, self._refs = client, {}
+        self.client = client
+        self.images.clear()
         return (f"Connected to {client.socket_path}: model {info.get('model', '?')} on "
                 f"{info.get('device', '?')} ({info.get('weights', info.get('checkpoint', '?'))})")
 
@@ -174,14 +195,17 @@ class Controller:
         xy = points_in_plane(self._prompt_world(kind), self.image, plane.index)
         if kind == BOX:
             xy = xy.reshape(-1, 4, 2)
+        ticket, client = self.tickets[kind].take(), self.client  # older replies are now stale
         if len(xy) == 0:
             self._restore_live(kind)
             return
+        if kind == POINTS and (problem := _point_outside(xy, plane)):
+            self.status(problem)
+            return
         kw = self._prompt_kwargs(kind, xy, plane)
-        self._generation += 1
-        gen, client = self._generation, self.client
-        self.run(lambda: client.segment(self._ref(plane), **kw),
-                 lambda r: self._segmented(kind, plane, r, gen))
+        self.run(lambda: self.images.for_array(plane.image).run(
+                     lambda ref: client.segment(ref, **kw), client.embed),
+                 lambda r: self._segmented(kind, plane, r, ticket))
 
     def _prompt_world(self, kind: str) -> np.ndarray:
         layer = self.viewer.layers[kind]
@@ -204,13 +228,6 @@ class Controller:
                 for p in np.asarray(pts.data, dtype=float)]
         return [lab for lab, k in zip(pts.features["label"], keep) if k]
 
-    def _ref(self, plane: logic.Plane) -> ImageRef:
-        """The daemon's ImageRef for the plane: embedded once per (image layer, slice)."""
-        key = (id(self.image), plane.index)
-        if key not in self._refs:
-            self._refs[key] = self.client.embed(plane.image)
-        return self._refs[key]
-
     def auto_segment(self) -> None:
         """Fill the AutoSeg_mask plane with the daemon's automatic label map (tiled when
         ``tile`` > 0 and the image is larger than a tile)."""
@@ -222,14 +239,16 @@ class Controller:
         tiled = self.tile > 0 and max(h, w) > self.tile
         kw = dict(self.auto_settings, tile_shape=(self.tile,) * 2 if tiled else None,
                   halo=(self.halo,) * 2 if tiled else None)
-        self.run(lambda: client.auto(self._ref(plane), **kw), lambda r: self._auto_done(plane, r))
+        self.run(lambda: self.images.for_array(plane.image).run(
+                     lambda ref: client.auto(ref, **kw), client.embed),
+                 lambda r: self._auto_done(plane, r))
 
     # -- results ------------------------------------------------------------------------------
-    def _segmented(self, kind: str, plane: logic.Plane, result: Any, gen: int) -> None:
+    def _segmented(self, kind: str, plane: logic.Plane, result: Any, ticket: int) -> None:
         if isinstance(result, Exception):
-            self._failed(result, plane)
+            self._failed(result)
             return
-        if gen != self._generation:
+        if not self.tickets[kind].is_latest(ticket):
             return  # a newer prompt's request is on its way
         masks = [m.mask for m in result.masks] if kind == BOX and self.mode == "add" else [result.mask]
         layer = self.label_layer(MASKS[kind])
@@ -253,16 +272,14 @@ class Controller:
 
     def _auto_done(self, plane: logic.Plane, result: Any) -> None:
         if isinstance(result, Exception):
-            self._failed(result, plane)
+            self._failed(result)
             return
         layer = self.label_layer(AUTO)
         self._write(Edit(layer, plane.index, layer.data[plane.index].copy(), AUTO), result.labels)
         self.status(f"Auto-segment: {len(result.table)} labels")
 
-    def _failed(self, exc: Exception, plane: logic.Plane) -> None:
-        if isinstance(exc, RequestFailed) and exc.code == "unknown_image":
-            self._refs.pop((id(self.image), plane.index), None)  # evicted: embed again next time
-        self.status(f"Request failed: {exc}")
+    def _failed(self, exc: Exception) -> None:
+        self.status(f"Request failed: {error_text(exc)}")
 
     def _write(self, edit: Edit, plane_labels: np.ndarray) -> None:
         """Write ``plane_labels`` into the edit's plane, remember the edit for undo, and

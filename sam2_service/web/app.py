@@ -21,8 +21,9 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..client import AsyncClient, ClientError
+from ..client.interactive import error_text
 from .config import WebConfig
-from .session import ImageUsers, Session, daemon_error
+from .session import ImageUsers, Session
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ async def health(request: web.Request) -> web.Response:
     try:
         info = await request.app[DAEMON].info()
     except ClientError as exc:
-        body.update(ok=False, daemon={"reachable": False, "error": daemon_error(exc)})
+        body.update(ok=False, daemon={"reachable": False, "error": error_text(exc)})
         return web.json_response(body, status=503, dumps=lambda o: orjson.dumps(o).decode())
     info.pop("requestId", None)
     body.update(ok=True, daemon={"reachable": True, **info})

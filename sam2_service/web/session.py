@@ -16,14 +16,22 @@ import logging
 import math
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Awaitable, Callable
 
 import orjson
 
-from ..client import AsyncClient, ClientError, RequestFailed, SegmentResult
-from ..wire.codecs import decode_base64, encode_mask_png, image_size
+from ..client import AsyncClient, ClientError, ImageRef, RequestFailed
+from ..client.interactive import (
+    ImageHandle,
+    PngMask,
+    Tickets,
+    error_text,
+    pixel_inside,
+    png_segment_request,
+    read_png_reply,
+)
+from ..wire.codecs import decode_base64, image_size
 from ..wire.errors import ImageDecodeError, ImageTooLarge
 from .config import WebConfig
 
@@ -34,16 +42,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class ProtocolError(Exception):
     """A client message the gateway cannot act on; its text goes back as an ``error`` message."""
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """The session's image: the file bytes (PNG or JPEG, as sent), size and ``imageId``."""
-
-    data: bytes
-    width: int
-    height: int
-    image_id: str
 
 
 class ImageUsers:
@@ -73,15 +71,6 @@ class ImageUsers:
         return self._count.get(image_id, 0)
 
 
-def daemon_error(exc: ClientError) -> str:
-    """A message for the page about a failed daemon request."""
-    if isinstance(exc, RequestFailed):
-        if exc.code == "busy":
-            return "the daemon is busy (its queue is full); try again in a moment"
-        return f"the daemon refused the request ({exc.code}): {exc.message}"
-    return f"cannot reach the daemon: {exc}"
-
-
 def _number(msg: dict[str, Any], key: str) -> float:
     value = msg.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -97,9 +86,9 @@ class Session:
         self.session_id = str(uuid.uuid4())
         self.config, self.users, self._send = config, users, send
         self.client = AsyncClient(config.socket_path, timeout=config.timeout)
-        self.image: LoadedImage | None = None
+        self.image: ImageHandle | None = None  # its source: the file bytes, as sent
         self.points: list[tuple[float, float, int]] = []
-        self.generation = 0  # bumped by init and reset: results for older points are dropped
+        self.tickets = Tickets()  # taken by init, click and reset: older results are dropped
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
@@ -142,7 +131,7 @@ class Session:
         await self.client.close()
         await self._set_image(None)
 
-    async def _set_image(self, image: LoadedImage | None) -> None:
+    async def _set_image(self, image: ImageHandle | None) -> None:
         old, self.image = self.image, image
         if image is not None:
             self.users.acquire(image.image_id)
@@ -165,18 +154,19 @@ class Session:
         return data, width, height
 
     async def _init(self, msg: dict[str, Any]) -> None:
-        self.points, self.generation = [], self.generation + 1
+        self.points = []
+        self.tickets.take()
         try:
             data, width, height = self._decode_image(msg)
         except ProtocolError:
             await self._set_image(None)
             raise
         try:
-            ref = await self._retry(partial(self.client.embed, data))
+            ref = await self._embed(data)
         except ClientError as exc:
             await self._set_image(None)
-            raise ProtocolError(f"image not loaded: {daemon_error(exc)}") from None
-        await self._set_image(LoadedImage(data, width, height, ref.image_id))
+            raise ProtocolError(f"image not loaded: {error_text(exc)}") from None
+        await self._set_image(ImageHandle(data, ImageRef(ref.image_id, width, height)))
         await self._send({"type": "image_loaded", "width": width, "height": height,
                           "image_id": ref.image_id})
 
@@ -187,17 +177,19 @@ class Session:
         label = msg.get("label", 1)
         if label not in (0, 1) or isinstance(label, (bool, float)):
             raise ProtocolError(f"click 'label' must be 1 (foreground) or 0 (background), got {label!r}")
-        w, h = self.image.width, self.image.height
-        if not (0 <= x < w and 0 <= y < h):
+        w, h = self.image.ref.width, self.image.ref.height
+        if not pixel_inside(x, y, w, h):  # a click names a pixel (docs/web.md)
             raise ProtocolError(f"point ({x}, {y}) is outside the {w}x{h} image "
                                 f"(0 <= x < {w}, 0 <= y < {h})")
         self.points.append((x, y, label))
+        self.tickets.take()
         await self._send({"type": "point_added", "x": x, "y": y, "label": label,
                           "total_points": len(self.points)})
         self._wake.set()
 
     async def _reset(self, msg: dict[str, Any]) -> None:
-        self.points, self.generation = [], self.generation + 1
+        self.points = []
+        self.tickets.take()
         await self._send({"type": "points_cleared"})
 
     async def _retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -209,31 +201,33 @@ class Session:
         except ClientError:
             return await call()
 
-    def _current(self, generation: int, count: int) -> bool:
-        return generation == self.generation and count == len(self.points)
+    async def _embed(self, data: bytes) -> ImageRef:
+        """The daemon's embedding of the image bytes ``data`` (hashed once, here)."""
+        return await self._retry(partial(self.client.embed, data))
+
+    async def _segment_png(self, points: list[tuple[float, float, int]], ref: ImageRef) -> PngMask:
+        """The mask of ``points`` on the embedded image, as the daemon's PNG."""
+        request = png_segment_request(ref, points)
+        return read_png_reply(await self._retry(partial(self.client.request, request)))
 
     async def _segment_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            image, points, generation = self.image, list(self.points), self.generation
+            image, points, ticket = self.image, list(self.points), self.tickets.latest
             if image is None or not points:
                 continue
             try:
-                result = await self._retry(partial(self.client.segment, image.data, points=points))
+                result = await image.arun(partial(self._segment_png, points), self._embed)
             except ClientError as exc:
-                if self._current(generation, len(points)):
-                    await self.error(f"segmentation failed: {daemon_error(exc)}")
+                if self.tickets.is_latest(ticket):
+                    await self.error(f"segmentation failed: {error_text(exc)}")
                 continue
             except Exception as exc:  # a bug here must not silently stop all later results
                 log.exception("session %s: segment failed", self.session_id)
                 await self.error(f"segmentation failed in the gateway: {exc!r}")
                 continue
-            if self._current(generation, len(points)):  # else a newer click woke us again
-                await self._send_result(result, len(points))
-
-    async def _send_result(self, result: SegmentResult, num_points: int) -> None:
-        png = await asyncio.to_thread(encode_mask_png, result.mask)
-        await self._send({"type": "segmentation_result", "mask": png,
-                          "score": result.score, "num_points": num_points,
-                          "inference_time_ms": result.inference_time_ms})
+            if self.tickets.is_latest(ticket):  # else a newer click woke us again
+                await self._send({"type": "segmentation_result", "mask": result.png,
+                                  "score": result.score, "num_points": len(points),
+                                  "inference_time_ms": result.inference_time_ms})

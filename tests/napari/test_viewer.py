@@ -138,8 +138,7 @@ def test_refine_modes_change_only_the_target(widget, viewer, qtbot) -> None:
         widget.target_spin.setValue(1)
         widget.ctl._live = {}
         result = SimpleNamespace(mask=mask, masks=(), score=1.0, inference_time_ms=1.0)
-        widget.ctl._generation += 1
-        widget.ctl._segmented(POINTS, plane, result, widget.ctl._generation)
+        widget.ctl._segmented(POINTS, plane, result, widget.ctl.tickets[POINTS].take())
         assert np.asarray(layer.data)[:2].tolist() == top, mode
         widget.ctl.undo()
 
@@ -258,6 +257,77 @@ def test_only_the_latest_prompt_is_written_and_images_embed_once(viewer) -> None
     assert [c for c, _ in ctl.client.calls].count("embed") == 1
     assert ctl.client.calls[-1] == ("auto", {"points_per_side": 4, "tile_shape": (32, 32), "halo": (8, 8)})
     assert np.asarray(viewer.layers[AUTO].data).all()
+
+
+def fake_controller(viewer: Any, image: np.ndarray) -> tuple[Any, list]:
+    """A Controller on ``image`` with :class:`FakeClient`; its jobs are queued, not run."""
+    from sam2_service.napari.controller import Controller
+
+    jobs: list = []
+    ctl = Controller(viewer, lambda job, done: jobs.append((job, done)))
+    ctl.client = FakeClient()
+    viewer.add_image(image, name="img")
+    ctl.use_image(viewer.layers["img"])
+    return ctl, jobs
+
+
+def test_an_edited_layer_is_embedded_again(viewer) -> None:
+    """Embeddings are keyed by the plane's content, not the layer: the same content reuses its
+    embedding, an edit of the layer's data gives a new one."""
+    ctl, jobs = fake_controller(viewer, np.zeros((40, 50), np.uint8))
+    viewer.layers[POINTS].add([[5, 6]])
+    viewer.layers[POINTS].add([[7, 8]])
+    edited = np.zeros((40, 50), np.uint8)
+    edited[10:20, 10:20] = 200
+    viewer.layers["img"].data = edited
+    viewer.layers[POINTS].add([[9, 10]])
+    for job, done in jobs:
+        done(job())
+    embeds = [kw for c, kw in ctl.client.calls if c == "embed"]
+    assert len(embeds) == 2 and [c for c, _ in ctl.client.calls].count("segment") == 3
+    labels = np.asarray(viewer.layers["Points_mask"].data)
+    assert labels[9, 10] == 1 and labels.sum() == 1
+
+
+class BoxesTooClient(FakeClient):
+    """:class:`FakeClient` that also answers a ``boxes`` request: one pixel at each box's corner."""
+
+    def segment(self, ref: Any, **kw: Any) -> Any:
+        if "points" in kw:
+            return super().segment(ref, **kw)
+        self.calls.append(("segment", kw))
+        masks = []
+        for x1, y1, _, _ in kw["boxes"]:
+            m = np.zeros((ref.height, ref.width), np.uint8)
+            m[int(y1), int(x1)] = 255
+            masks.append(SimpleNamespace(mask=m))
+        return SimpleNamespace(mask=masks[0].mask, masks=masks, score=1.0, inference_time_ms=1.0)
+
+
+def test_points_and_boxes_results_do_not_drop_each_other(viewer) -> None:
+    """Latest wins per prompt layer: a boxes request sent after a points request does not make
+    the points reply stale (SEGMENT runs both)."""
+    ctl, jobs = fake_controller(viewer, np.zeros((40, 50), np.uint8))
+    ctl.client = BoxesTooClient()
+    viewer.layers[POINTS].add([[5, 6]])
+    viewer.layers[BOX].add_rectangles(rectangle(20, 30, 25, 35))
+    assert len(jobs) == 2
+    for job, done in jobs:
+        done(job())
+    assert np.asarray(viewer.layers["Points_mask"].data)[5, 6] == 1
+    assert np.asarray(viewer.layers["Box_mask"].data).any()
+
+
+def test_a_point_outside_the_image_is_not_sent(viewer) -> None:
+    """The protocol's point rule, checked before sending: a point past the image's right edge
+    (x > W) sends nothing and says why; a point on the edge (x = W) is sent."""
+    ctl, jobs = fake_controller(viewer, np.zeros((40, 50), np.uint8))
+    said: list[str] = []
+    ctl.status = said.append
+    viewer.layers[POINTS].add([[5, 50]])  # data column 50: x = 50.5 > 50
+    assert jobs == [] and "outside the 50x40 image" in said[-1]
+    viewer.layers[POINTS].data = np.array([[5.0, 49.5]])  # x = 50.0: on the edge, inside
+    assert len(jobs) == 1
 
 
 def test_a_second_image_of_another_shape_gets_fresh_layers(widget, viewer) -> None:

@@ -106,3 +106,82 @@ def test_the_gateway_imports_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+class PngDaemon:
+    """Stands in for AsyncClient on the click path: ``embed`` gives a ref; ``request`` answers
+    segment requests with a fixed ``maskPng`` (after ``lost`` ``unknown_image`` answers)."""
+
+    PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+
+    def __init__(self, lost: int = 0) -> None:
+        self.lost = lost
+        self.embeds = 0
+        self.requests: list[dict] = []
+
+    async def embed(self, data: bytes) -> ImageRef:
+        self.embeds += 1
+        return ImageRef("ab" * 32, 150, 100)
+
+    async def request(self, message: dict) -> dict:
+        self.requests.append(message)
+        if self.lost:
+            self.lost -= 1
+            return {"requestId": message["requestId"], "error": "not cached", "code": "unknown_image"}
+        return {"requestId": message["requestId"], "maskWidth": 150, "maskHeight": 100,
+                "maskBase64": "", "score": 0.75, "inferenceTimeMs": 9.0, "imageId": "ab" * 32,
+                "cached": True, "timingsMs": {}, "maskEncoding": "png", "maskPng": self.PNG,
+                "maskId": "m1"}
+
+    async def release(self, image_id: str) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def click_and_wait(lost: int) -> tuple[PngDaemon, list[dict]]:
+    """init, one click at (3, 4), and the messages sent until its result."""
+    from sam2_service.wire.codecs import encode_png
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def go() -> PngDaemon:
+        fake = PngDaemon(lost)
+        session = Session(WebConfig(), ImageUsers(fake), send)
+        session.client = fake
+        await session.start()
+        await session.handle('{"type":"init","image":"%s"}' % data_url(encode_png(small_photo())))
+        await session.handle('{"type":"click","x":3,"y":4,"label":1}')
+        for _ in range(1000):
+            if sent[-1]["type"] in ("segmentation_result", "error"):
+                break
+            await asyncio.sleep(0.001)
+        await session.close()
+        return fake
+
+    return asyncio.run(go()), sent
+
+
+def test_clicks_go_by_image_id_and_the_daemons_png_is_forwarded_as_it_is() -> None:
+    fake, sent = click_and_wait(lost=0)
+    assert [m["type"] for m in sent] == ["session_created", "image_loaded", "point_added",
+                                         "segmentation_result"]
+    assert sent[-1] == {"type": "segmentation_result", "mask": PngDaemon.PNG, "score": 0.75,
+                        "num_points": 1, "inference_time_ms": 9.0}
+    (request,) = fake.requests
+    assert request["imageId"] == "ab" * 32 and "imageBase64" not in request
+    assert request["maskEncoding"] == "png"
+    assert request["points"] == [{"x": 3.0, "y": 4.0, "label": 1}]
+    assert fake.embeds == 1  # at init only
+
+
+def test_an_image_the_daemon_lost_is_embedded_again_once() -> None:
+    fake, sent = click_and_wait(lost=1)
+    assert sent[-1]["type"] == "segmentation_result" and sent[-1]["mask"] == PngDaemon.PNG
+    assert fake.embeds == 2 and len(fake.requests) == 2
+    fake, sent = click_and_wait(lost=2)  # lost again at once: an error, the session goes on
+    assert sent[-1]["type"] == "error" and "no longer has the image" in sent[-1]["message"]
