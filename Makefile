@@ -53,9 +53,15 @@ else
 endif
 
 # the browser page and its gateway on top of a running daemon (`make run`): http://127.0.0.1:8000/app
-.PHONY: web
+# (PORT=8001 for another port; empty: the gateway's own default, --port / SAM2_WEB_PORT)
+PORT ?=
+.PHONY: web napari
 web: install
-	$(VENV)/bin/sam2-service web --socket $(SOCKET)
+	$(VENV)/bin/sam2-service web --socket $(SOCKET)$(if $(PORT), --port $(PORT))
+
+# napari from the venv, with the plugin (Plugins > SAM2), on top of a running daemon (`make run`)
+napari: install
+	SAM2_SERVICE_SOCKET=$(SOCKET) $(VENV)/bin/napari
 
 test: install lint
 	$(PY) -m pytest

@@ -105,3 +105,17 @@ def test_run_refuses_an_unknown_model_before_the_set_up():
     assert " all" not in r.stderr.split("choose")[1]
     makefile = (REPO / "Makefile").read_text()
     assert f"MODELS := {' '.join(MODELS)}\n" in makefile
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ".venv/bin/sam2-service web --socket /tmp/wcc-sam2.sock"),
+    (["PORT=8001"], ".venv/bin/sam2-service web --socket /tmp/wcc-sam2.sock --port 8001"),
+    (["SOCKET=/tmp/z.sock"], ".venv/bin/sam2-service web --socket /tmp/z.sock"),
+])
+def test_web_takes_port_and_socket(args, expected):
+    assert make("-n", "-o", STAMP, "web", *args).stdout.splitlines() == [expected]
+
+
+def test_napari_runs_the_venvs_napari_on_the_same_socket():
+    out = make("-n", "-o", STAMP, "napari", "SOCKET=/tmp/z.sock").stdout.splitlines()
+    assert out == ["SAM2_SERVICE_SOCKET=/tmp/z.sock .venv/bin/napari"]
