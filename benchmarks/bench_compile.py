@@ -74,7 +74,7 @@ def main() -> int:
     compiled = Sam2Engine.load(ServiceConfig(model=args.model, device=args.device,
                                              dummy_weights=True, compile=args.mode))
     compiled.warmup()
-    info = compiled.info()["compile"]
+    info = compiled.info().compile
 
     image = np.array(Image.fromarray(skimage.data.astronaut()).resize((WIDTH, HEIGHT),
                                                                       Image.BILINEAR))

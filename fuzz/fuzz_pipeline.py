@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sam2_service.daemon.config import ServiceConfig
-from sam2_service.daemon.inference.engine import Embedding, MaskResult
+from sam2_service.daemon.inference.engine import Embedding, EngineInfo, MaskSet
 from sam2_service.daemon.inference.prompts import Prompts
 from sam2_service.daemon.inference.worker import InferenceWorker
 from sam2_service.daemon.serving.dispatch import Dispatcher
@@ -128,10 +128,11 @@ class FuzzEngine:
         self.stats.images_decoded += 1
         return Embedding({}, image.shape[:2], 0, self.model_id, 0.0)
 
-    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
+    def predict_all(self, embedding: Embedding, prompts: Prompts) -> MaskSet:
         _check_prompts(prompts, *embedding.orig_hw)
         self.stats.prompts_validated += 1
-        return MaskResult(np.zeros(embedding.orig_hw, dtype=bool), 0.5, 0.0)
+        return MaskSet(np.zeros((1, *embedding.orig_hw), dtype=bool),
+                       np.full(1, 0.5, np.float32), np.zeros((1, 256, 256), np.float32), 0.0)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return False
@@ -142,9 +143,9 @@ class FuzzEngine:
     def warmup(self) -> float:
         return 0.0
 
-    def info(self) -> dict:
-        return {"model": "fuzz", "weights": self.weights, "device": self.device,
-                "dtype": self.precision}
+    def info(self) -> EngineInfo:
+        return EngineInfo(model="fuzz", weights=self.weights, device=self.device,
+                          precision=self.precision)
 
 
 class Pipeline:

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from sam2_service.daemon.inference.engine import Embedding, Engine, MaskResult, MaskSet
+from sam2_service.daemon.inference.engine import Embedding, Engine, EngineInfo, MaskSet
 
 MODEL = ("tiny", "fake", "float32", "cpu")
 
@@ -41,15 +41,8 @@ class FakeEngine:
         self.embeds += 1
         return Embedding({"image": image}, image.shape[:2], image.nbytes, self.model_id, 1.0)
 
-    def predict(self, emb: Embedding, prompts) -> MaskResult:
-        self.predicts += 1
-        mask = np.zeros(emb.orig_hw, dtype=bool)
-        x1, y1, x2, y2 = (int(v) for v in prompts.box)
-        mask[y1:y2, x1:x2] = emb.features["image"][y1:y2, x1:x2, 0] > 127
-        return MaskResult(mask, 0.5, 1.0)
-
     def predict_all(self, emb: Embedding, prompts) -> MaskSet:
-        """Issue 13: one "pixel > 127 inside the box" mask per box row; with
+        """One "pixel > 127 inside the box" mask per box row (one for a plain box); with
         ``multimask_output`` three masks (the box mask, its complement, empty) scored 0.5,
         0.9, 0.7; logits are +1 on the mask's 256x256 nearest-neighbour image, -1 elsewhere.
         Records the ``mask_input`` it was given in :attr:`mask_inputs`."""
@@ -87,9 +80,9 @@ class FakeEngine:
     def warmup(self) -> float:
         return 0.0
 
-    def info(self) -> dict:
-        return {"model": "fake", "weights": self.weights, "device": self.device,
-                "dtype": self.precision}
+    def info(self) -> EngineInfo:
+        return EngineInfo(model="fake", weights=self.weights, device=self.device,
+                          precision=self.precision)
 
 
 def _satisfies_engine_protocol() -> Engine:

@@ -15,7 +15,7 @@ import numpy as np
 import pybase64
 
 from .errors import InvalidRequest
-from .schema import _image_base64, _image_id, _number, _positive_int, _timings, _type_name
+from .fields import image_base64, image_id, number, positive_int, rounded_timings, type_name
 
 #: Most labels a uint16 label map can hold (0 is background).
 MAX_LABELS = 65535
@@ -90,14 +90,14 @@ def _setting(obj: dict[str, Any], key: str) -> Any:
     value = obj[key]
     if kind == "bool":
         if not isinstance(value, bool):
-            raise InvalidRequest(f"{key} must be true or false, got {_type_name(value)}", field=key)
+            raise InvalidRequest(f"{key} must be true or false, got {type_name(value)}", field=key)
         return value
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidRequest(f"{key} must be an integer, got {_type_name(value)}", field=key)
-    number = _number(obj, key, key)
-    if not low <= number <= high:
+        raise InvalidRequest(f"{key} must be an integer, got {type_name(value)}", field=key)
+    got = number(obj, key, key)
+    if not low <= got <= high:
         raise InvalidRequest(f"{key} must be in [{low:g}, {high:g}], got {value}", field=key)
-    return value if kind == "int" else number
+    return value if kind == "int" else got
 
 
 def _pair(obj: dict[str, Any], key: str, minimum: int) -> tuple[int, int] | None:
@@ -128,10 +128,10 @@ def parse_auto_request(obj: dict[str, Any], request_id: str) -> AutoRequest:
     if tile is not None and (2 * halo[0] >= tile[0] or 2 * halo[1] >= tile[1]):
         raise InvalidRequest(f"halo {list(halo)} must be less than half of tileShape "
                              f"{list(tile)} on each axis", field="halo")
-    return AutoRequest(request_id=request_id, width=_positive_int(obj, "width"),
-                       height=_positive_int(obj, "height"),
-                       image_base64=None if has_id else _image_base64(obj),
-                       image_id=_image_id(obj) if has_id else None, settings=settings,
+    return AutoRequest(request_id=request_id, width=positive_int(obj, "width"),
+                       height=positive_int(obj, "height"),
+                       image_base64=None if has_id else image_base64(obj),
+                       image_id=image_id(obj) if has_id else None, settings=settings,
                        tile_shape=tile, halo=halo)
 
 
@@ -143,7 +143,7 @@ def auto_response(request_id: str, *, width: int, height: int, labels_base64: st
     ``{id, score, stabilityScore, area, bbox: {x1, y1, x2, y2}}`` per id 1..N."""
     return {"requestId": request_id, "ok": True, "labelsWidth": width, "labelsHeight": height,
             "labelsBase64": labels_base64, "labels": labels, "imageId": image_id,
-            "timingsMs": _timings(timings)}
+            "timingsMs": rounded_timings(timings)}
 
 
 def encode_labels(labels: np.ndarray) -> str:

@@ -2,8 +2,11 @@
 
 Every failure the daemon reports to a client is a :class:`ServiceError` carrying a
 ``code`` from :data:`ERROR_CODES` (the wire's ``code`` field) and a human message that
-names the field and what is wrong. Only :mod:`sam2_service.daemon.serving.server` turns these into error
-responses; every other module just raises them.
+names the field and what is wrong. Only
+:meth:`sam2_service.daemon.serving.dispatch.Dispatcher.respond` (with its
+:meth:`~sam2_service.daemon.serving.dispatch.Dispatcher.error`, which the connection loop
+also uses for frames it refuses) turns these into error responses; every other module just
+raises them.
 """
 
 from __future__ import annotations

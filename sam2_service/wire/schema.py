@@ -4,17 +4,20 @@
 checking types and shapes and naming the field at fault; geometry against the image
 (inverted boxes, points outside the image) is checked later by :mod:`sam2_service.daemon.inference.prompts`,
 once the image size is known. The ``*_response`` functions build the JSON objects sent
-back. Unknown fields are ignored, so that clients may add fields of their own.
+back (the ``info`` reply is built by :func:`sam2_service.daemon.serving.dispatch.info_response`,
+from the daemon's settings). Unknown fields are ignored, so that clients may add fields of
+their own. The field validators shared with :mod:`.auto` are :mod:`.fields`'.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
+from .auto import AutoRequest, parse_auto_request
 from .errors import InvalidRequest, UnknownOp
+from .fields import image_base64, image_id, number, positive_int, rounded_timings, type_name
 
 PROTOCOL_VERSION = 1
 
@@ -56,7 +59,7 @@ class SegmentRequest:
     bbox: BBox | None
     points: tuple[Point, ...]
     image_id: str | None = None
-    #: Issue 13 options (docs/protocol.md, "Protocol additions"); all opt-in.
+    #: The protocol additions' options (docs/protocol.md, "Protocol additions"); all opt-in.
     #: ``maskEncoding``: a key of :data:`sam2_service.wire.codecs.MASK_ENCODINGS`.
     mask_encoding: str = "raw"
     #: ``multimask``: reply with SAM2's three candidates (``multimask_output=True``).
@@ -103,9 +106,15 @@ class InfoRequest:
     request_id: str
 
 
-Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest]
+#: Every typed request :func:`parse_request` returns.
+Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest,
+                AutoRequest]
 OPS = ("segment", "embed", "release", "ping", "info", "auto")
-_HEX = frozenset("0123456789abcdef")
+#: op name -> the request type :func:`parse_request` makes of it (a handler table's keys).
+REQUEST_TYPES: dict[str, type] = {
+    "segment": SegmentRequest, "embed": EmbedRequest, "release": ReleaseRequest,
+    "ping": PingRequest, "info": InfoRequest, "auto": AutoRequest,
+}
 
 
 def new_request_id() -> str:
@@ -114,7 +123,8 @@ def new_request_id() -> str:
 
 
 def read_request_id(obj: Any) -> str:
-    """The request's ``requestId`` if it is a non-empty string, else a made-up one.
+    """The request's ``requestId`` if it is a non-empty string, else a made-up one
+    (:func:`new_request_id`, a new one each call: read it once per request).
 
     Never raises: this is what error responses carry, even for requests that fail to parse.
     """
@@ -122,46 +132,20 @@ def read_request_id(obj: Any) -> str:
     return rid if isinstance(rid, str) and rid else new_request_id()
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _number(obj: dict[str, Any], key: str, path: str) -> float:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"{path} must be a number, got {_type_name(value)}", field=path)
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond float range (stdlib json can produce one)
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidRequest(f"{path} must be a finite number, got {str(value)[:24]}", field=path)
-    return number
-
-
-def _positive_int(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{key} must be an integer, got {_type_name(value)}", field=key)
-    if value <= 0:
-        raise InvalidRequest(f"{key} must be positive, got {value}", field=key)
-    return value
-
-
 def _parse_bbox(value: Any) -> BBox | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"bbox must be an object {{x1,y1,x2,y2}}, got {_type_name(value)}",
+        raise InvalidRequest(f"bbox must be an object {{x1,y1,x2,y2}}, got {type_name(value)}",
                              field="bbox")
-    return BBox(*(_number(value, k, f"bbox.{k}") for k in ("x1", "y1", "x2", "y2")))
+    return BBox(*(number(value, k, f"bbox.{k}") for k in ("x1", "y1", "x2", "y2")))
 
 
 def _parse_points(value: Any, max_points: int) -> tuple[Point, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise InvalidRequest(f"points must be a list of {{x, y, label}}, got {_type_name(value)}",
+        raise InvalidRequest(f"points must be a list of {{x, y, label}}, got {type_name(value)}",
                              field="points")
     if len(value) > max_points:
         raise InvalidRequest(f"points has {len(value)} entries, more than the limit of {max_points}",
@@ -170,40 +154,23 @@ def _parse_points(value: Any, max_points: int) -> tuple[Point, ...]:
     for i, p in enumerate(value):
         path = f"points[{i}]"
         if not isinstance(p, dict):
-            raise InvalidRequest(f"{path} must be an object {{x, y, label}}, got {_type_name(p)}",
+            raise InvalidRequest(f"{path} must be an object {{x, y, label}}, got {type_name(p)}",
                                  field=path)
         label = p.get("label", 1)
         if isinstance(label, bool) or label not in (0, 1):
             raise InvalidRequest(f"{path}.label must be 0 (background) or 1 (foreground), "
                                  f"got {label!r}", field=f"{path}.label")
-        points.append(Point(_number(p, "x", f"{path}.x"), _number(p, "y", f"{path}.y"), int(label)))
+        points.append(Point(number(p, "x", f"{path}.x"), number(p, "y", f"{path}.y"), int(label)))
     return tuple(points)
 
 
-def _image_base64(obj: dict[str, Any]) -> str:
-    image = obj.get("imageBase64")
-    if not isinstance(image, str) or not image:
-        raise InvalidRequest("imageBase64 must be a non-empty string (base64 PNG/JPEG or data URL), "
-                             f"got {_type_name(image) if not isinstance(image, str) else 'empty string'}",
-                             field="imageBase64")
-    return image
-
-
-def _image_id(obj: dict[str, Any]) -> str:
-    value = obj.get("imageId")
-    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
-        shown = repr(value[:80]) if isinstance(value, str) else _type_name(value)
-        raise InvalidRequest("imageId must be 64 lowercase hex characters (the imageId of an "
-                             f"earlier reply: SHA-256 of the image file), got {shown}",
-                             field="imageId")
-    return value
-
-
-#: The request fields of issue 13; any of them present makes a request ``extended``.
+#: The request fields of the protocol additions (maskEncoding, multimask, boxes, maskInput);
+#: any of them present makes a segment request ``extended``.
 EXTENSION_FIELDS = ("maskEncoding", "multimask", "boxes", "maskInput")
 #: ``maskEncoding`` values (the keys of :data:`sam2_service.wire.codecs.MASK_ENCODINGS`).
 MASK_ENCODING_NAMES = ("raw", "rle", "png")
-#: Length of a ``maskId``: ``m`` and 32 hex characters (:func:`new_mask_id`).
+#: Length of a ``maskId``: ``m`` and 32 hex characters (:func:`new_mask_id`); a longer
+#: ``maskInput`` is refused as it is parsed.
 MASK_ID_CHARS = 33
 
 
@@ -215,7 +182,7 @@ def new_mask_id() -> str:
 def _parse_boxes(value: Any, max_boxes: int) -> tuple[BBox, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("boxes must be a non-empty list of {x1,y1,x2,y2}, got "
-                             f"{_type_name(value) if value != [] else 'an empty list'}",
+                             f"{type_name(value) if value != [] else 'an empty list'}",
                              field="boxes")
     if len(value) > max_boxes:
         raise InvalidRequest(f"boxes has {len(value)} entries, more than the limit of {max_boxes} "
@@ -224,14 +191,14 @@ def _parse_boxes(value: Any, max_boxes: int) -> tuple[BBox, ...]:
     for i, b in enumerate(value):
         path = f"boxes[{i}]"
         if not isinstance(b, dict):
-            raise InvalidRequest(f"{path} must be an object {{x1,y1,x2,y2}}, got {_type_name(b)}",
+            raise InvalidRequest(f"{path} must be an object {{x1,y1,x2,y2}}, got {type_name(b)}",
                                  field=path)
-        boxes.append(BBox(*(_number(b, k, f"{path}.{k}") for k in ("x1", "y1", "x2", "y2"))))
+        boxes.append(BBox(*(number(b, k, f"{path}.{k}") for k in ("x1", "y1", "x2", "y2"))))
     return tuple(boxes)
 
 
 def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
-    """The issue 13 fields of a segment request, checked (docs/protocol.md)."""
+    """The protocol additions' fields of a segment request, checked (docs/protocol.md)."""
     if not any(k in obj for k in EXTENSION_FIELDS):
         return {}
     encoding = obj.get("maskEncoding", "raw")
@@ -240,14 +207,14 @@ def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
                              f"got {str(encoding)[:32]!r}", field="maskEncoding")
     multimask = obj.get("multimask", False)
     if not isinstance(multimask, bool):
-        raise InvalidRequest(f"multimask must be true or false, got {_type_name(multimask)}",
+        raise InvalidRequest(f"multimask must be true or false, got {type_name(multimask)}",
                              field="multimask")
     boxes = _parse_boxes(obj["boxes"], max_boxes) if "boxes" in obj else ()
     mask_input = obj.get("maskInput")
     if "maskInput" in obj and (not isinstance(mask_input, str) or not mask_input
-                               or len(mask_input) > 128):
+                               or len(mask_input) > MASK_ID_CHARS):
         raise InvalidRequest("maskInput must be the maskId of an earlier reply on this image, "
-                             f"got {_type_name(mask_input)}", field="maskInput")
+                             f"got {type_name(mask_input)}", field="maskInput")
     if boxes:
         for other, why in (("bbox", "bbox and boxes are two box prompts: send one"),
                            ("points", "SAM2's batched box prompt takes no points"),
@@ -260,71 +227,71 @@ def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
 
 
 def _segment_request(obj: dict[str, Any], request_id: str, max_points: int,
-                     max_boxes: int = 64) -> SegmentRequest:
+                     max_boxes: int) -> SegmentRequest:
     has_image, has_id = "imageBase64" in obj, "imageId" in obj
     if has_image and has_id:
         raise InvalidRequest("send either imageBase64 or imageId, not both", field="imageId")
     return SegmentRequest(
         request_id=request_id,
-        width=_positive_int(obj, "width"),
-        height=_positive_int(obj, "height"),
-        image_base64=None if has_id else _image_base64(obj),
+        width=positive_int(obj, "width"),
+        height=positive_int(obj, "height"),
+        image_base64=None if has_id else image_base64(obj),
         bbox=_parse_bbox(obj.get("bbox")),
         points=_parse_points(obj.get("points"), max_points),
-        image_id=_image_id(obj) if has_id else None,
+        image_id=image_id(obj) if has_id else None,
         **_extensions(obj, max_boxes),
     )
 
 
 def _embed_request(obj: dict[str, Any], request_id: str) -> EmbedRequest:
-    image = _image_base64(obj)
-    size = [None if obj.get(k) is None else _positive_int(obj, k) for k in ("width", "height")]
+    image = image_base64(obj)
+    size = [None if obj.get(k) is None else positive_int(obj, k) for k in ("width", "height")]
     return EmbedRequest(request_id, image, size[0], size[1])
 
 
-def parse_request(obj: dict[str, Any], *, max_points: int, max_boxes: int = 64) -> Request:
+#: op name -> its parser (obj, request id, max points, max boxes) -> request.
+_PARSERS: dict[str, Callable[[dict[str, Any], str, int, int], Request]] = {
+    "segment": _segment_request,
+    "embed": lambda obj, rid, _points, _boxes: _embed_request(obj, rid),
+    "release": lambda obj, rid, _points, _boxes: ReleaseRequest(rid, image_id(obj)),
+    "ping": lambda obj, rid, _points, _boxes: PingRequest(rid),
+    "info": lambda obj, rid, _points, _boxes: InfoRequest(rid),
+    "auto": lambda obj, rid, _points, _boxes: parse_auto_request(obj, rid),
+}
+
+
+def parse_request(obj: dict[str, Any], *, max_points: int, max_boxes: int = 64,
+                  request_id: str | None = None) -> Request:
     """Validate a decoded JSON object and return the typed request.
 
     Args:
         obj: the frame's JSON object (see :func:`sam2_service.wire.frames.decode_message`).
         max_points: the most point prompts accepted in one request.
         max_boxes: the most entries in a segment request's ``boxes`` (``--max-boxes``).
+        request_id: the id the request goes by, already read with :func:`read_request_id`
+            (so that a request without one keeps one made-up id); None reads it here.
 
     Raises:
         UnknownOp: ``op`` is a string other than those in :data:`OPS`.
         InvalidRequest: a field is missing or has the wrong type; the message names it.
     """
-    request_id = read_request_id(obj)
+    if request_id is None:
+        request_id = read_request_id(obj)
     if "requestId" in obj and not isinstance(obj["requestId"], str):
-        raise InvalidRequest(f"requestId must be a string, got {_type_name(obj['requestId'])}",
+        raise InvalidRequest(f"requestId must be a string, got {type_name(obj['requestId'])}",
                              field="requestId")
     op = obj.get("op", "segment")
     if not isinstance(op, str):
-        raise InvalidRequest(f"op must be a string, got {_type_name(op)}", field="op")
-    if op == "ping":
-        return PingRequest(request_id)
-    if op == "info":
-        return InfoRequest(request_id)
-    if op == "embed":
-        return _embed_request(obj, request_id)
-    if op == "release":
-        return ReleaseRequest(request_id, _image_id(obj))
-    if op == "auto":
-        from .auto import parse_auto_request  # auto.py builds on this module's helpers
-
-        return parse_auto_request(obj, request_id)
-    if op != "segment":
+        raise InvalidRequest(f"op must be a string, got {type_name(op)}", field="op")
+    parser = _PARSERS.get(op)
+    if parser is None:
         raise UnknownOp(f"op {op[:64]!r} is not one of {', '.join(OPS)}", field="op")
-    return _segment_request(obj, request_id, max_points, max_boxes)
+    return parser(obj, request_id, max_points, max_boxes)
 
 
 #: The stages of the daemon's own work (``mask``, the base64 encoding, runs after the
 #: inference thread's part); ``inferenceTimeMs`` is their sum.
 INFERENCE_STAGES = ("decode", "encode", "predict", "mask")
-
-
-def _timings(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def segment_response(request_id: str, *, width: int, height: int, mask_base64: str,
@@ -344,7 +311,7 @@ def segment_response(request_id: str, *, width: int, height: int, mask_base64: s
         "imageId": image_id,
         "cached": cached,
         "inferenceTimeMs": round(sum(timings.get(k, 0.0) for k in INFERENCE_STAGES), 3),
-        "timingsMs": _timings(timings),
+        "timingsMs": rounded_timings(timings),
     }
 
 
@@ -360,10 +327,11 @@ def extended_segment_response(request_id: str, *, width: int, height: int, encod
                               cached: bool, timings: dict[str, float],
                               candidates: list[dict[str, Any]] | None = None,
                               masks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The reply to a segment request that used an issue 13 option: :func:`segment_response`'s
-    fields in the same order (``maskBase64`` is ``""`` unless ``encoding`` is ``raw``), then
-    ``maskEncoding``, the mask under its own key (``maskRle`` or ``maskPng``), ``maskId``, and
-    ``candidates`` (``multimask``) or ``masks`` (``boxes``), lists of :func:`mask_entry`."""
+    """The reply to a segment request that used a protocol addition (maskEncoding,
+    multimask, boxes, maskInput): :func:`segment_response`'s fields in the same order
+    (``maskBase64`` is ``""`` unless ``encoding`` is ``raw``), then ``maskEncoding``, the
+    mask under its own key (``maskRle`` or ``maskPng``), ``maskId``, and ``candidates``
+    (``multimask``) or ``masks`` (``boxes``), lists of :func:`mask_entry`."""
     key, value = mask
     reply = segment_response(request_id, width=width, height=height,
                              mask_base64=value if key == "maskBase64" else "", score=score,
@@ -383,7 +351,7 @@ def embed_response(request_id: str, *, width: int, height: int, image_id: str, c
                    timings: dict[str, float]) -> dict[str, Any]:
     """The reply to ``{"op": "embed"}``: the image's ``imageId`` and size, no mask."""
     return {"requestId": request_id, "ok": True, "imageId": image_id, "width": width,
-            "height": height, "cached": cached, "timingsMs": _timings(timings)}
+            "height": height, "cached": cached, "timingsMs": rounded_timings(timings)}
 
 
 def release_response(request_id: str, *, image_id: str, released: bool) -> dict[str, Any]:

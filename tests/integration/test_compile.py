@@ -152,7 +152,7 @@ def test_masks_are_not_trivial(compiled, embedding):
 def test_info_and_log_report_the_compile(compiled):
     engine, records = compiled
     parts = {p: compiling.torch_mode(p, engine.device) for p in compiling.PARTS["decoder"]}
-    info = engine.info()["compile"]
+    info = engine.info().compile
     assert info["mode"] == "decoder" and info["parts"] == parts
     assert info["compileMs"] > 0 and info["graphs"] >= engine.compiled.graphs > 0
     (rec,) = [r for r in records if r.getMessage() == "Compiled"]

@@ -1,7 +1,7 @@
-"""One model per device (issue 14) in a real daemon process: ``--device cpu,cpu`` loads two
-random-weight SAM2.1-tiny models on the CPU, each with its own inference thread and cache;
-``info`` lists both, an embedded image is segmented by its ``imageId`` on the device that
-holds it, and the daemon stops cleanly."""
+"""One model per device (``--device`` lists) in a real daemon process: ``--device cpu,cpu``
+loads two random-weight SAM2.1-tiny models on the CPU, each with its own inference thread and
+cache; ``info`` lists both, an embedded image is segmented by its ``imageId`` on the device
+that holds it, and the daemon stops cleanly."""
 
 from __future__ import annotations
 

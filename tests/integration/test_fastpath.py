@@ -160,7 +160,7 @@ def test_no_fastpath_engine_matches_too(checkpoint, reference, image):
     compare with; its masks are the same."""
     eng = Sam2Engine.load(ServiceConfig(checkpoint=checkpoint, device=TEST_DEVICE,
                                         fastpath=False))
-    assert not eng.fastpath and eng.info()["fastpath"] is False
+    assert not eng.fastpath and eng.info().fastpath is False
     emb = eng.embed(image)
     out = eng.predict_all(emb, CASES["box"])
     masks, scores, _, _ = reference_predict(reference, CASES["box"])

@@ -55,7 +55,7 @@ class ServerThread:
         assert not self.thread.is_alive()
 
     def waiting(self) -> int:
-        return self.server.worker.waiting
+        return self.server.pool.workers[0].waiting
 
     def connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

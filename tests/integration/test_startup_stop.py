@@ -86,7 +86,7 @@ def test_server_stop_during_warmup_returns_without_binding():
         took = time.monotonic() - stopped
         assert not server.listening
         engine.warm_gate.set()  # let the abandoned warm-up end while the loop still runs
-        while server.worker.alive:
+        while server.pool.workers[0].alive:
             await asyncio.sleep(0.01)
         return took
 

@@ -1,4 +1,4 @@
-"""One model per device (issue 14) with fake engines as "devices" on the CPU: ``--device``
+"""One model per device (``--device`` lists) with fake engines as "devices" on the CPU: ``--device``
 lists and ``cuda:all``, and the pool's routing through the dispatcher: a known image goes to
 the worker that holds it, a new one to the least-loaded worker, ``release`` reaches every
 worker and ``info`` lists every device."""
@@ -216,7 +216,7 @@ def test_one_device_info_lists_it_and_computes_no_image_id(monkeypatch):
     def no_hash(text):
         raise AssertionError("one device: the image id is not computed for routing")
 
-    monkeypatch.setattr(devices_mod, "_image_id_of", no_hash)
+    monkeypatch.setattr(devices_mod, "read_image", no_hash)
 
     async def test(d: Devices):
         reply = await d.ask({"requestId": "s", "width": 8, "height": 6, "imageBase64": png(8),
@@ -237,7 +237,7 @@ def test_request_logs_name_the_device_when_there_are_several(n, caplog):
     async def test(d: Devices):
         img = png(9)
         await d.workers[n - 1].embed(EmbedRequest("e", img))  # held by the last device
-        for extra in ({}, {"maskEncoding": "rle"}):  # the plain and the issue-13 reply
+        for extra in ({}, {"maskEncoding": "rle"}):  # the plain and the extended reply
             reply = await d.ask({"requestId": "s", "width": 8, "height": 6,
                                  "imageId": image_id(img), "bbox": BOX, **extra})
             assert "error" not in reply, reply
@@ -313,3 +313,22 @@ def test_the_pool_fails_waiting_jobs_on_every_worker_and_closes_them_all():
 def test_a_pool_needs_a_worker():
     with pytest.raises(ValueError):
         DevicePool([])
+
+
+def test_with_several_devices_an_image_is_read_once_and_handed_to_its_job(monkeypatch):
+    from sam2_service.daemon.inference import worker as worker_mod
+
+    reads = []
+    real = worker_mod.read_image
+    monkeypatch.setattr(devices_mod, "read_image", lambda t: reads.append("pool") or real(t))
+    monkeypatch.setattr(worker_mod, "read_image", lambda t: reads.append("job") or real(t))
+
+    async def test(d: Devices):
+        img = png(30)
+        seg = await d.ask({"requestId": "s", "width": 8, "height": 6, "imageBase64": img,
+                           "bbox": BOX})
+        emb = await d.ask({"op": "embed", "requestId": "e", "imageBase64": img})
+        assert seg["imageId"] == emb["imageId"] == image_id(img) and emb["cached"]
+
+    run(test)
+    assert reads == ["pool", "pool"]

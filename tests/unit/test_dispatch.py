@@ -19,7 +19,7 @@ from sam2_service.daemon.serving import dispatch as dispatch_module
 from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import decode_mask, encode_png
 from sam2_service.wire.errors import ERROR_CODES
-from sam2_service.wire.schema import OPS
+from sam2_service.wire.schema import OPS, REQUEST_TYPES
 from tests.fake_engine import FakeEngine, FakeOOM
 
 
@@ -49,14 +49,15 @@ def answer(objs: list, engine: FakeEngine | None = None, **settings) -> list[dic
 def test_the_table_routes_exactly_the_schema_ops():
     d = Dispatcher(ServiceConfig(), InferenceWorker(FakeEngine(), 100))
     try:
-        assert set(d.handlers) == set(OPS)
+        assert set(REQUEST_TYPES) == set(OPS)
+        assert set(d.handlers) == set(REQUEST_TYPES.values())
     finally:
-        d.worker.close()
+        d.pool.close()
 
 
 def test_engines_satisfy_the_engine_protocol():
     assert isinstance(FakeEngine(), Engine)
-    for name in ("embed", "predict", "is_out_of_memory", "free_memory", "warmup", "info"):
+    for name in ("embed", "predict_all", "is_out_of_memory", "free_memory", "warmup", "info"):
         assert callable(getattr(Sam2Engine, name))
     # the attributes a Sam2Engine sets in __init__ (it cannot be built without a model here)
     engine = Sam2Engine.__new__(Sam2Engine)
@@ -195,3 +196,49 @@ def test_peek_request_id():
     assert peek(b'{"requestId": 7}') is None
     assert peek(b'{"requestId": ""}') is None
     assert peek(b"no id") is None
+
+
+def test_a_request_without_an_id_goes_by_one_made_up_id_in_its_reply_and_logs(caplog):
+    """The made-up ``requestId`` is made once: the reply and every log line of the request
+    name the same one, on success and on failure."""
+    _, text = png(7)
+    seg = {"width": 8, "height": 6, "imageBase64": text,
+           "bbox": {"x1": 0, "y1": 0, "x2": 8, "y2": 6}}
+    caplog.set_level("INFO", logger="sam2_service")
+    ok, failed = answer([seg, {**seg, "width": 9}])
+    assert "error" not in ok and failed["code"] == "invalid_request"
+    ids = {ok["requestId"], failed["requestId"]}
+    assert len(ids) == 2 and all(rid.startswith("srv-") for rid in ids)
+    by_id: dict[str, list[str]] = {}
+    for record in caplog.records:
+        rid = getattr(record, "fields", {}).get("requestId")
+        if rid is not None:
+            by_id.setdefault(rid, []).append(record.getMessage())
+    assert set(by_id) == ids
+    assert by_id[ok["requestId"]] == ["Received request", "Inference complete"]
+    assert by_id[failed["requestId"]] == ["Received request", "Request failed"]
+
+
+def test_a_plain_reply_copies_no_logits_and_an_extended_one_only_what_it_keeps(monkeypatch):
+    """One segment path: a plain request leaves SAM2's logits where they are; an extended
+    one copies only the logits it keeps for ``maskInput`` (one per listed mask, plus the
+    top-level one when it is not among them)."""
+    from sam2_service.daemon.inference.engine import MaskSet
+
+    copied = []
+    real = MaskSet.host_logits
+    monkeypatch.setattr(MaskSet, "host_logits",
+                        lambda self, index=None: copied.append(index) or real(self, index))
+    _, text = png(8)
+    box = {"x1": 0, "y1": 0, "x2": 8, "y2": 6}
+    seg = {"width": 8, "height": 6, "imageBase64": text}
+    plain, rle, multi, boxes = answer([
+        {**seg, "bbox": box},
+        {**seg, "bbox": box, "maskEncoding": "rle"},
+        {**seg, "bbox": box, "multimask": True},
+        {**seg, "boxes": [box, {"x1": 0, "y1": 0, "x2": 4, "y2": 3}]},
+    ])
+    assert "maskId" not in plain and all("maskId" in r for r in (rle, multi, boxes))
+    # rle: its one mask; multimask: the fake's scores 0.5, 0.9, 0.7 best first; boxes: each,
+    # then their union (the element-wise maximum)
+    assert copied == [0, 1, 2, 0, 0, 1, None]

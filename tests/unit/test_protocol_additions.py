@@ -1,8 +1,8 @@
-"""Issue 13's segment options without a model: their parsing (wire/schema.py), their checks
-against the image (daemon/inference/prompts.py), and the dispatcher's replies with the fake engine:
-an old-style request's reply is unchanged byte for byte, extended replies carry every
-encoding, candidates, per-box masks and maskIds, and maskInput finds its logits or is
-unknown_mask."""
+"""The protocol additions (maskEncoding, multimask, boxes, maskInput) without a model:
+their parsing (wire/schema.py), their checks against the image (daemon/inference/prompts.py),
+and the dispatcher's replies with the fake engine: an old-style request's reply is unchanged
+byte for byte, extended replies carry every encoding, candidates, per-box masks and maskIds,
+and maskInput finds its logits or is unknown_mask."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sam2_service.daemon.inference.worker import InferenceWorker
 from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import decode_any_mask, encode_mask
 from sam2_service.wire.errors import ERROR_CODES, InvalidRequest
-from sam2_service.wire.schema import BBox, parse_request, segment_response
+from sam2_service.wire.schema import MASK_ID_CHARS, BBox, parse_request, segment_response
 from tests.fake_engine import FakeEngine
 from tests.unit.test_dispatch import answer, png
 
@@ -59,6 +59,7 @@ def test_any_new_field_makes_the_request_extended(fields):
 
 
 def test_new_fields_parse():
+    assert len(parse(seg(maskInput="m" + "0" * 32)).mask_input) == MASK_ID_CHARS
     r = parse(seg(maskEncoding="png", multimask=True, maskInput="mabc"))
     assert (r.mask_encoding, r.multimask, r.mask_input) == ("png", True, "mabc")
     r = parse(seg(boxes=[BOX, {"x1": 1, "y1": 2.5, "x2": 3, "y2": 4}]))
@@ -71,6 +72,7 @@ def test_new_fields_parse():
     ({"multimask": 1}, "multimask", "true or false"),
     ({"maskInput": ""}, "maskInput", ""),
     ({"maskInput": 5}, "maskInput", ""),
+    ({"maskInput": "m" + "0" * 33}, "maskInput", "maskId"),  # longer than any maskId
     ({"boxes": []}, "boxes", "non-empty"),
     ({"boxes": BOX}, "boxes", ""),
     ({"boxes": [BOX, 3]}, "boxes[1]", ""),

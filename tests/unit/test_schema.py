@@ -416,3 +416,43 @@ def test_property_plausible_segment_requests(obj):
         assert req.width > 0 and req.height > 0
         assert len(req.points) <= 3
         assert all(p.label in (0, 1) for p in req.points)
+
+
+def test_each_op_makes_its_request_type_and_the_union_holds_them_all():
+    import typing
+
+    from sam2_service.wire.auto import AutoRequest
+    from sam2_service.wire.schema import OPS, REQUEST_TYPES, Request
+
+    assert set(REQUEST_TYPES) == set(OPS)
+    assert set(typing.get_args(Request)) == set(REQUEST_TYPES.values())
+    assert AutoRequest in typing.get_args(Request)
+    objs = {"segment": seg(), "embed": {"imageBase64": "AAAA"}, "release": {"imageId": "a" * 64},
+            "ping": {}, "info": {}, "auto": {"width": 4, "height": 3, "imageBase64": "AAAA"}}
+    for op, obj in objs.items():
+        assert type(parse({**obj, "op": op})) is REQUEST_TYPES[op]
+
+
+def test_a_request_id_read_once_is_the_one_the_request_keeps():
+    made_up = read_request_id({})
+    assert parse_request({"op": "ping"}, max_points=1, request_id=made_up).request_id == made_up
+    assert parse_request({"op": "ping", "requestId": "x"}, max_points=1,
+                         request_id="x").request_id == "x"
+    assert SRV_ID.match(parse({"op": "ping"}).request_id)  # not given: read (made up) here
+
+
+def test_the_shared_field_validators_name_their_field():
+    from sam2_service.wire import fields
+
+    assert fields.number({"x": 2}, "x", "bbox.x") == 2.0
+    assert fields.positive_int({"width": 3}, "width") == 3
+    assert fields.image_id({"imageId": "0" * 64}) == "0" * 64
+    assert fields.rounded_timings({"a": 1.23456}) == {"a": 1.235}
+    for call, field in ((lambda: fields.number({"x": True}, "x", "p.x"), "p.x"),
+                        (lambda: fields.number({"x": float("nan")}, "x", "p.x"), "p.x"),
+                        (lambda: fields.positive_int({"width": 0}, "width"), "width"),
+                        (lambda: fields.image_base64({"imageBase64": ""}), "imageBase64"),
+                        (lambda: fields.image_id({"imageId": "A" * 64}), "imageId")):
+        with pytest.raises(InvalidRequest) as info:
+            call()
+        assert info.value.field == field

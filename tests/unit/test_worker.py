@@ -430,3 +430,42 @@ def test_shutdown_time_left_counts_from_closing():
     assert 29 < w.shutdown_time_left(30) <= 30
     assert w.shutdown_time_left(0) == 0
     w.close()
+
+
+def test_call_reports_queue_and_run_time_and_a_jobs_queue_timing_is_that():
+    eng = FakeEngine()
+
+    async def main():
+        w = make_worker(eng)
+        alone = await w.call(time.sleep, 0.05)
+        running = asyncio.ensure_future(w.call(time.sleep, 0.2))
+        await asyncio.sleep(0.02)  # the sleep has started: the segment job waits behind it
+        out = await w.segment(seg(png(90)))
+        await running
+        w.close()
+        return alone, out
+
+    alone, out = run(main())
+    assert alone.value is None and alone.run_ms >= 50 and alone.queue_ms < 50
+    assert out.timings["queue"] >= 100
+    assert list(out.timings) == ["decode", "encode", "predict", "queue"]
+
+
+def test_an_image_read_before_the_job_is_not_read_again(monkeypatch):
+    from sam2_service.daemon.inference import worker as worker_mod
+
+    eng = FakeEngine()
+    text = png(91)
+    image = worker_mod.read_image(text)
+    monkeypatch.setattr(worker_mod, "read_image", lambda t: pytest.fail("read twice"))
+
+    async def main():
+        w = make_worker(eng)
+        out = await w.segment(seg(text), image=image)
+        emb = await w.embed(EmbedRequest("e", text), image=image)
+        w.close()
+        return out, emb
+
+    out, emb = run(main())
+    assert out.image_id == emb.image_id == image.image_id == image_id(base64.b64decode(text))
+    assert emb.cached and out.timings["decode"] >= image.read_ms

@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...wire.auto import MAX_LABELS, AutoRequest
-from ...wire.codecs import compute_image_id, decode_base64
 from ...wire.errors import InvalidRequest, RequestTimeout, UnknownImage
+from ..inference.engine import Embedding
 from ..inference.imaging import decode_image
 from ..inference.prompts import check_size
-from ..inference.worker import InferenceWorker
+from ..inference.worker import ImageBytes, InferenceWorker, read_image
 from ..ops.logs import event
 from .generator import GeneratedMasks, StepGenerator
 from .labels import Tile, label_stats, paint_labels, stitch_tiles, tile_grid
@@ -41,7 +41,6 @@ class AutoProgress:
     request_id: str
     done: int = 0
     total: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,11 @@ class AutoRunner:
         self.step_points = step_points
         self.running: dict[int, AutoProgress] = {}
 
-    async def run(self, request: AutoRequest, deadline: float) -> AutoOutcome:
-        """Answer ``request`` by ``deadline`` (``time.monotonic()``).
+    async def run(self, request: AutoRequest, deadline: float,
+                  image: ImageBytes | None = None) -> AutoOutcome:
+        """Answer ``request`` by ``deadline`` (``time.monotonic()``); ``image`` is its
+        ``imageBase64`` already read (the device pool's), or None to read it in its first
+        step.
 
         Raises:
             InvalidRequest: imageId with tiling or crops, size mismatch, too many labels.
@@ -78,8 +80,8 @@ class AutoRunner:
         self.running[id(progress)] = progress
         timings = {"decode": 0.0, "encode": 0.0, "generate": 0.0, "paint": 0.0, "queue": 0.0}
         try:
-            image, hw, image_id = await self._step(self._load, request, timings, "decode",
-                                                   deadline=deadline)
+            pixels, hw, image_id = await self._step(self._load, request, image, timings,
+                                                    "decode", deadline=deadline)
             gen = await self._step(StepGenerator, self.worker.engine, request.settings,
                                    timings, "generate", deadline=deadline)
             tiles = (tile_grid(hw[0], hw[1], request.tile_shape, request.halo)
@@ -89,7 +91,7 @@ class AutoRunner:
             progress.total = sum(len(p) + sum(len(c.batches) for c in p) for p in plans)
             results = []
             for tile, plan in zip(tiles, plans):
-                results.append(await self._tile(gen, image, image_id, tile, plan, progress,
+                results.append(await self._tile(gen, pixels, image_id, tile, plan, progress,
                                                 timings, deadline))
             t0 = time.perf_counter()
             labels, table = await asyncio.to_thread(_assemble, hw, tiles, results)
@@ -104,23 +106,18 @@ class AutoRunner:
         return AutoOutcome(labels, table, image_id, timings)
 
     async def _step(self, fn: Any, *args: Any, deadline: float) -> Any:
-        """Run ``fn(*args[:-2])`` as one worker job (out-of-memory guarded) and return its
-        result; ``args[-2]`` is the timings dict, ``args[-1]`` the stage that gets the job's
-        run time (its wait for the inference thread goes to ``queue``)."""
+        """Run ``fn(*args[:-2])`` as one worker job (:meth:`InferenceWorker.run_job`, out of
+        memory guarded) and return its result; ``args[-2]`` is the timings dict, ``args[-1]``
+        the stage that gets the job's run time (its wait for the inference thread goes to
+        ``queue``)."""
         *fn_args, timings, stage = args
-        submitted = time.perf_counter()
-        started: list[float] = []
+        done = await self.worker.run_job(fn, *fn_args, deadline=deadline)
+        timings["queue"] += done.queue_ms
+        timings[stage] += done.run_ms
+        return done.value
 
-        def job() -> Any:
-            started.append(time.perf_counter())
-            return fn(*fn_args)
-
-        out = await self.worker.call(self.worker._guard(job), deadline=deadline)
-        timings["queue"] += (started[0] - submitted) * 1000
-        timings[stage] += (time.perf_counter() - started[0]) * 1000
-        return out
-
-    def _load(self, request: AutoRequest) -> tuple[np.ndarray | None, tuple[int, int], str]:
+    def _load(self, request: AutoRequest, image: ImageBytes | None
+              ) -> tuple[np.ndarray | None, tuple[int, int], str]:
         """Decode the image (inference thread): (HxWx3 uint8 or None for imageId, (H, W),
         imageId)."""
         if request.image_base64 is None:
@@ -129,33 +126,35 @@ class AutoRunner:
                 raise InvalidRequest("imageId works for auto only without tileShape and with "
                                      "cropNLayers 0 (the daemon keeps embeddings, not pixels); "
                                      "send imageBase64", field="imageId")
-            with self.worker._cache_lock:
-                emb = self.worker.cache.get(request.image_id, self.worker.engine.model_id)
+            emb = self.worker.cached_embedding(request.image_id)
             if emb is None:
                 raise UnknownImage(f"imageId {request.image_id} is not cached (never sent, "
                                    "evicted or released): send the image as imageBase64",
                                    field="imageId")
             check_size(request.width, request.height, emb.orig_hw)
             return None, emb.orig_hw, request.image_id
-        data = decode_base64(request.image_base64)
-        image = decode_image(data, self.worker.max_image_pixels)
-        check_size(request.width, request.height, image.shape[:2])
-        return image, image.shape[:2], compute_image_id(data)
+        assert request.image_base64 is not None
+        image = image or read_image(request.image_base64)
+        pixels = decode_image(image.data, self.worker.max_image_pixels)
+        check_size(request.width, request.height, pixels.shape[:2])
+        return pixels, pixels.shape[:2], image.image_id
 
-    def _embedding(self, image: np.ndarray | None, key: str, box: tuple[int, int, int, int]):
+    def _embedding(self, image: np.ndarray | None, key: str,
+                   box: tuple[int, int, int, int]) -> Embedding:
         """The cached embedding under ``key``, or that of ``image[y0:y1, x0:x1]`` (box is
-        (y0, y1, x0, x1)), cached."""
-        w = self.worker
-        with w._cache_lock:
-            emb = w.cache.get(key, w.engine.model_id)
+        (y0, y1, x0, x1)), cached (inference thread).
+
+        Raises:
+            UnknownImage: not cached, and no pixels to embed (``imageId``).
+        """
+        emb = self.worker.cached_embedding(key)
         if emb is not None:
             return emb
         if image is None:
             raise UnknownImage(f"the embedding of imageId {key} was evicted during the "
                                "request: send the image as imageBase64", field="imageId")
-        emb = w.engine.embed(np.ascontiguousarray(image[box[0]:box[1], box[2]:box[3]]))
-        with w._cache_lock:
-            w.cache.put(key, emb.model_id, emb, emb.nbytes)
+        emb = self.worker.engine.embed(np.ascontiguousarray(image[box[0]:box[1], box[2]:box[3]]))
+        self.worker.keep_embedding(key, emb)
         return emb
 
     async def _tile(self, gen: StepGenerator, image: np.ndarray | None, image_id: str, tile: Tile,

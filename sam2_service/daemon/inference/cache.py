@@ -6,8 +6,11 @@ identity (model name, checkpoint identity, dtype, device; see
 :meth:`sam2_service.daemon.inference.engine.Sam2Engine.model_id`). As in micro-sam's embedding cache, an
 entry made by one model is never looked up for another: the model is part of the key.
 
-No torch here: the entry's size is given by the caller. The cache is not thread-safe; the
-inference thread is its only user (:mod:`sam2_service.daemon.inference.worker`).
+No torch here: the entry's size is given by the caller. Neither cache is thread-safe: the
+inference thread looks entries up and adds them, and the event loop's thread asks
+:meth:`~EmbeddingCache.holds` (routing) and :meth:`~EmbeddingCache.release` (``release``);
+:class:`sam2_service.daemon.inference.worker.InferenceWorker` holds its cache lock around
+every call.
 """
 
 from __future__ import annotations
@@ -29,12 +32,6 @@ class CacheStats:
     evictions: int = 0
     entries: int = 0
     bytes: int = 0
-
-    def info(self) -> dict[str, int]:
-        """The counters as the ``info`` reply names them (its ``cache`` and each of its
-        ``devices``' ``cache``)."""
-        return {"bytes": self.bytes, "entries": self.entries, "hits": self.hits,
-                "misses": self.misses, "evictions": self.evictions}
 
 
 class EmbeddingCache(Generic[V]):
@@ -119,15 +116,14 @@ class EmbeddingCache(Generic[V]):
 
 
 class LogitsCache:
-    """SAM2's low-resolution mask logits of recent replies, by ``maskId`` (issue 13's
-    refinement): an LRU of at most ``entries`` entries, each tied to its image and model, so
-    that a ``maskInput`` naming a mask of another image or model is not found.
+    """SAM2's low-resolution mask logits of recent replies, by ``maskId`` (for
+    ``maskInput``, the refinement of a mask): an LRU of at most ``entries`` entries, each
+    tied to its image and model, so that a ``maskInput`` naming a mask of another image or
+    model is not found.
 
     An entry is a 1x256x256 float32 array (256 KiB; SAM2's ``low_res_masks`` for one mask,
-    clamped to [-32, 32] by ``SAM2ImagePredictor._predict``), kept in host memory. Not
-    thread-safe: the inference thread looks entries up and adds them, the loop thread
-    releases them; :class:`sam2_service.daemon.inference.worker.InferenceWorker` holds its cache lock
-    around every call.
+    clamped to [-32, 32] by SAM2's predictor), kept in host memory. Not thread-safe (see the
+    module's docstring).
 
     Args:
         entries: the most entries kept; 0 keeps none (every ``maskInput`` is unknown).
@@ -167,10 +163,6 @@ class LogitsCache:
         for key in keys:
             del self._items[key]
         return len(keys)
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)

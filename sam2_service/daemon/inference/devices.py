@@ -1,15 +1,16 @@
-"""One model per device (``--device cuda:0,cuda:1``, ``--device cuda:all``; issue 14): the
-inference workers of the daemon and the rule that picks one for each request.
+"""One model per device (``--device cuda:0,cuda:1``, ``--device cuda:all``): the inference
+workers of the daemon and the rule that picks one for each request.
 
 Each device has its own :class:`~sam2_service.daemon.inference.worker.InferenceWorker`: its model, its
 inference thread, its queue (``--max-queue`` each) and its caches (``--cache-mb`` and
 ``--logits-cache-entries`` each). An embedding lives on the device that computed it, so a
 request is sent where its image already is:
 
-* ``imageId`` (or ``imageBase64`` whose ``imageId`` is computed first, off the event loop):
-  the worker that keeps that image's embedding or one of its masks; else the worker an
-  earlier request for the same image was just sent to (so two requests for one new image
-  are not embedded twice); else
+* ``imageId`` (or ``imageBase64`` whose ``imageId`` is computed first, off the event loop,
+  and handed to the job with the decoded bytes, so neither is done twice): the worker that
+  keeps that image's embedding or one of its masks; else the worker an earlier request for
+  the same image was just sent to (so two requests for one new image are not embedded
+  twice); else
 * the least-loaded worker: fewest requests sent to it and not yet answered (an ``auto``
   request counts until its reply), then fewest jobs waiting or running, then the lowest
   index.
@@ -23,10 +24,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, NamedTuple, Sequence
 
-from ...wire.codecs import compute_image_id, decode_base64
-from .worker import InferenceWorker
+from .cache import CacheStats
+from .worker import ImageBytes, InferenceWorker, read_image
+
+
+class Routed(NamedTuple):
+    """What :meth:`DevicePool.worker_for` hands out: the worker to run the request on, and
+    the request's ``imageBase64`` already read (its bytes and ``imageId``, to pass to the
+    job) when choosing the worker needed it, else None."""
+
+    worker: InferenceWorker
+    image: ImageBytes | None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device of the pool as ``info`` lists it (its ``devices`` entries).
+
+    Attributes:
+        index: its place in ``--device`` (0 first).
+        device, precision: its engine's torch device and dtype (None while loading).
+        load_time_ms: its model's load time, ms (None while loading).
+        waiting: jobs waiting for its inference thread.
+        running: True while a job runs on it.
+        requests: requests sent to it and not yet answered.
+        cache: its embedding cache's counters.
+    """
+
+    index: int
+    device: str | None
+    precision: str | None
+    load_time_ms: float | None
+    waiting: int
+    running: bool
+    requests: int
+    cache: CacheStats
 
 
 class DevicePool:
@@ -50,26 +85,29 @@ class DevicePool:
 
     # -- routing ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def worker_for(self, request: Any) -> AsyncIterator[InferenceWorker]:
+    async def worker_for(self, request: Any) -> AsyncIterator[Routed]:
         """The worker to run ``request`` on (a segment, embed or auto request), held as
-        busy until the block ends. With several devices, ``imageBase64`` is decoded and
-        hashed on a thread first (the worker does it again for its job).
+        busy until the block ends, with the image read for it. With several devices,
+        ``imageBase64`` is base64-decoded and hashed on a thread first
+        (:func:`~sam2_service.daemon.inference.worker.read_image`), and the result is
+        :attr:`Routed.image`, for the job; with one, nothing is read here.
 
         Raises:
             ImageDecodeError: ``imageBase64`` is not valid base64 (as from the worker).
         """
         if len(self.workers) == 1:
-            yield self.workers[0]
+            yield Routed(self.workers[0], None)
             return
-        image_id = getattr(request, "image_id", None)
+        image_id, image = getattr(request, "image_id", None), None
         if image_id is None:
-            image_id = await asyncio.to_thread(_image_id_of, request.image_base64)
+            image = await asyncio.to_thread(read_image, request.image_base64)
+            image_id = image.image_id
         index = self.route(image_id)
         pending = self._pending.setdefault(image_id, [index, 0])
         pending[1] += 1
         self._active[index] += 1
         try:
-            yield self.workers[index]
+            yield Routed(self.workers[index], image)
         finally:
             self._active[index] -= 1
             pending[1] -= 1
@@ -102,20 +140,18 @@ class DevicePool:
         index = self.workers.index(worker)
         return {"device": worker.engine.device if worker.engine else None, "deviceIndex": index}
 
-    def info(self) -> list[dict[str, Any]]:
-        """``info``'s ``devices``: per worker its device, dtype, model load time, queue and
-        embedding cache."""
+    def info(self) -> list[DeviceInfo]:
+        """Every device, in ``--device`` order: its device, dtype, model load time, queue
+        and embedding cache."""
         out = []
         for i, w in enumerate(self.workers):
             eng = w.engine
-            out.append({
-                "index": i, "device": eng.device if eng else None,
-                "dtype": eng.precision if eng else None,
-                "loadTimeMs": round(eng.load_time_ms, 1) if eng else None,
-                "queue": {"waiting": w.waiting, "running": w.running_since is not None,
-                          "requests": self._active[i]},
-                "cache": w.cache_stats().info(),
-            })
+            out.append(DeviceInfo(
+                index=i, device=eng.device if eng else None,
+                precision=eng.precision if eng else None,
+                load_time_ms=eng.load_time_ms if eng else None, waiting=w.waiting,
+                running=w.running_since is not None, requests=self._active[i],
+                cache=w.cache_stats()))
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -141,8 +177,3 @@ class DevicePool:
         longest = max(running, default=None)
         dead = not all(w.alive for w in self.workers)
         return dead or (longest is not None and longest > interval), longest
-
-
-def _image_id_of(image_base64: str) -> str:
-    """The ``imageId`` of base64 image text (run on a thread: large images take a while)."""
-    return compute_image_id(decode_base64(image_base64))

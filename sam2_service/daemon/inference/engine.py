@@ -2,9 +2,9 @@
 
 :class:`Sam2Engine` wraps one ``SAM2ImagePredictor`` built with the sam2 package's own
 ``build_sam2(config, checkpoint, device)``. Its methods are blocking and not
-thread-safe; :mod:`sam2_service.daemon.inference.worker` calls them from its single inference thread.
-torch and sam2 are imported here and in the engine's helpers (:mod:`.fastpath`,
-:mod:`.compiling`, :mod:`.hardware`), nowhere else in the package.
+thread-safe; :mod:`sam2_service.daemon.inference.worker` calls them from its single inference
+thread. torch and sam2 are imported lazily, inside the functions that use them (which layers
+may import them is tests/unit/test_layers.py's rule).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from ...wire.errors import InternalError
 from ..config import ServiceConfig, StartupError
 from ..ops.logs import event
-from . import fastpath
+from . import fastpath, sam2_compat
 from .compiling import Compiled, compile_info, compile_sam2, resolve_compile
 from .hardware import _import_torch, expand_devices, resolve_device, resolve_precision
 from .prompts import Prompts
@@ -33,40 +33,70 @@ log = logging.getLogger("sam2_service.engine")
 DUMMY_SEED = 0
 
 
-@dataclass(frozen=True)
-class MaskResult:
-    """One predicted mask.
-
-    Attributes:
-        mask: HxW bool, True where the mask logits are > 0 (SAM2's mask threshold).
-        score: SAM2's IoU prediction for that mask (float, about 0..1).
-        predict_ms: time spent in ``predict`` (prompt encoder, mask decoder, upsampling to
-            the image size, copy to host memory), ms.
-    """
-
-    mask: np.ndarray
-    score: float
-    predict_ms: float
-
-
 @dataclass(frozen=True, eq=False)
 class MaskSet:
-    """Every mask of one ``SAM2ImagePredictor.predict`` call, for issue 13's options.
+    """Every mask of one ``SAM2ImagePredictor.predict`` call.
 
     Attributes:
-        masks: NxHxW bool, True where the mask logits are > 0; N is 3 with
-            ``multimask_output``, the number of boxes for a batched box prompt, else 1;
-            in SAM2's order (not sorted).
-        scores: N float32, SAM2's IoU predictions.
+        masks: NxHxW bool in host memory, True where the mask logits are > 0 (SAM2's mask
+            threshold); N is 3 with ``multimask_output``, the number of boxes for a batched
+            box prompt, else 1; in SAM2's order (not sorted).
+        scores: N float32, SAM2's IoU predictions (about 0..1).
         logits: Nx256x256 float32, SAM2's low-resolution mask logits (``low_res_masks``,
-            clamped to [-32, 32]), what ``mask_input`` takes back (as 1x256x256).
-        predict_ms: time spent in ``predict``, ms.
+            clamped to [-32, 32]), what ``mask_input`` takes back (as 1x256x256), left where
+            the engine produced them: a numpy array, or a torch tensor on the model's device.
+            Read them with :meth:`host_logits` (on the inference thread), which copies only
+            the ones asked for.
+        predict_ms: time spent in ``predict`` (prompt encoder, mask decoder, upsampling to
+            the image size, masks to host memory), ms.
     """
 
     masks: np.ndarray
     scores: np.ndarray
-    logits: np.ndarray
+    logits: Any
     predict_ms: float
+
+    def host_logits(self, index: int | None = None) -> np.ndarray:
+        """1x256x256 float32 logits in host memory, a copy (nothing else holds it): of mask
+        ``index``, or for None the element-wise maximum over all N masks (> 0 exactly on
+        the union of the masks). A torch tensor is reduced on its device, then copied."""
+        logits = self.logits
+        if isinstance(logits, np.ndarray):
+            one = logits.max(0) if index is None else logits[index]
+            return np.array(one[None], dtype=np.float32)
+        one = logits.amax(0) if index is None else logits[index]
+        return one[None].float().cpu().numpy().copy()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine reports of itself (the ``info`` reply's model fields and each of its
+    ``devices``; :func:`sam2_service.daemon.serving.dispatch.info_response` builds the wire).
+
+    Attributes:
+        model: the model's name (``tiny``, ``small``, ``base_plus``, ``large``).
+        weights: ``"checkpoint"``, ``"dummy"`` (random weights) or a fake's own word.
+        device: the torch device string (``cpu``, ``cuda:0``...).
+        precision: ``float32`` or ``bfloat16``.
+        model_config: sam2's Hydra config name of the model, or None.
+        checkpoint: the checkpoint file's path, or None (dummy weights).
+        fastpath: True when :mod:`.fastpath`'s speed-ups are installed.
+        load_time_ms: time taken to build the model, ms (unrounded).
+        compile: ``--compile``'s summary as :func:`.compiling.compile_info` gives it, or
+            None.
+        versions: package -> version (:func:`package_versions`).
+    """
+
+    model: str
+    weights: str
+    device: str
+    precision: str
+    model_config: str | None = None
+    checkpoint: str | None = None
+    fastpath: bool = False
+    load_time_ms: float = 0.0
+    compile: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,15 +144,13 @@ class Engine(Protocol):
     def embed(self, image: np.ndarray) -> Embedding:
         """The embedding of an HxWx3 uint8 RGB image."""
 
-    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
-        """One mask (HxW bool) for ``prompts`` on an embedding made by this engine."""
-
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """True if ``exc`` is the device's out-of-memory error."""
 
     def predict_all(self, embedding: Embedding, prompts: Prompts) -> MaskSet:
         """Every mask SAM2 predicts for ``prompts`` (``mask_input`` and a Bx4 ``box``
-        included), with scores and low-resolution logits."""
+        included) on an embedding made by this engine, with scores and low-resolution
+        logits."""
 
     def free_memory(self) -> None:
         """Release what the device caches, after an out-of-memory error."""
@@ -130,8 +158,8 @@ class Engine(Protocol):
     def warmup(self) -> float:
         """Run one-time initialisation before the first request; returns ms taken."""
 
-    def info(self) -> dict[str, Any]:
-        """The model part of the ``info`` reply (model, weights, device, dtype...)."""
+    def info(self) -> EngineInfo:
+        """What the engine reports of itself (model, weights, device, dtype...)."""
 
 
 def package_versions() -> dict[str, str]:
@@ -176,7 +204,7 @@ def _build_model(config: ServiceConfig, device: str) -> tuple[Any, str]:
 class Sam2Engine:
     """A loaded SAM2.1 image predictor and what :meth:`info` reports about it.
 
-    Build with :meth:`load`; call :meth:`embed` and :meth:`predict` from one thread at a time.
+    Build with :meth:`load`; call :meth:`embed` and :meth:`predict_all` from one thread at a time.
     """
 
     def __init__(self, predictor: Any, *, config: ServiceConfig, device: str, precision: str,
@@ -239,8 +267,8 @@ class Sam2Engine:
         if self.device == "cpu":
             fastpath.channels_last_upscaling(self.predictor.model)
         else:
-            self.predictor._transforms = fastpath.DeviceTransforms(self.predictor._transforms,
-                                                                   self.device)
+            sam2_compat.set_transforms(self.predictor, fastpath.DeviceTransforms(
+                sam2_compat.transforms(self.predictor), self.device))
         self.fastpath = True
 
     @contextlib.contextmanager
@@ -274,39 +302,16 @@ class Sam2Engine:
             t0 = time.perf_counter()
             self.predictor.set_image(image)
             ms = (time.perf_counter() - t0) * 1000
-        feats = self.predictor._features
+        feats = sam2_compat.image_features(self.predictor)
         tensors = [feats["image_embed"], *feats["high_res_feats"]]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        h, w = self.predictor._orig_hw[0]
+        h, w = sam2_compat.image_size(self.predictor)
         return Embedding(feats, (int(h), int(w)), nbytes, self.model_id, ms)
-
-    def predict(self, embedding: Embedding, prompts: Prompts) -> MaskResult:
-        """Predict one mask for ``prompts`` on a computed image embedding.
-
-        The embedding is put back into the predictor as ``set_image`` left it (its
-        ``_features``, ``_orig_hw``, ``_is_image_set``; sam2 1.1.0's SAM2ImagePredictor),
-        then SAM2's own ``predict`` runs, so the result equals ``set_image`` + ``predict``.
-
-        Args:
-            embedding: from :meth:`embed` of this engine.
-            prompts: validated prompts in pixels of the embedded image.
-
-        Returns:
-            The mask for the prompts; with ``multimask_output`` the highest-scoring of
-            SAM2's three masks (as SAM2's image predictor example picks them).
-
-        Raises:
-            InternalError: the embedding was made by a different model (never reused
-                silently, as micro-sam's embedding cache refuses a model mismatch).
-        """
-        out = self.predict_all(embedding, prompts)
-        best = int(np.argmax(out.scores))
-        return MaskResult(out.masks[best], float(out.scores[best]), out.predict_ms)
 
     def use_embedding(self, embedding: Embedding, predictor: Any = None) -> Any:
         """``predictor`` (default this engine's SAM2ImagePredictor; the automatic mask
         generator has its own over the same model) with ``embedding`` put back as ``set_image``
-        left it (see :meth:`predict`).
+        left it (see :meth:`predict_all`).
 
         Raises:
             InternalError: the embedding was made by another model.
@@ -315,23 +320,35 @@ class Sam2Engine:
             raise InternalError(f"embedding of model {embedding.model_id} used with model "
                                 f"{self.model_id}")
         pred = self.predictor if predictor is None else predictor
-        if pred._features is not embedding.features:
+        if sam2_compat.image_features(pred) is not embedding.features:
             pred.reset_predictor()
-            pred._features = embedding.features
-            pred._orig_hw = [embedding.orig_hw]
-            pred._is_image_set = True
+            sam2_compat.set_image_state(pred, embedding.features, embedding.orig_hw)
         return pred
 
     def predict_all(self, embedding: Embedding, prompts: Prompts) -> MaskSet:
-        """Every mask of SAM2's ``predict`` for ``prompts`` (issue 13: candidates, batched
-        boxes, refinement), on a computed image embedding.
+        """Every mask of SAM2's ``predict`` for ``prompts`` on a computed image embedding:
+        one (a box, several points), SAM2's three candidates (``multimask_output``), or one
+        per box of a batched box prompt.
 
-        ``prompts.box`` may be Bx4 (SAM2's batched box prompt: predict returns Bx1xHxW, or
-        1xHxW for B = 1, both flattened to N = B here); ``prompts.mask_input`` (1x256x256
-        logits) goes to SAM2 as ``mask_input``.
+        The embedding is put back into the predictor as ``set_image`` left it
+        (:meth:`use_embedding`), then SAM2's own ``predict`` runs (or the fast path's
+        equivalent, :func:`.fastpath.predict_masks`), so the result equals ``set_image`` +
+        ``predict``. ``prompts.box`` may be Bx4 (SAM2's batched box prompt: predict returns
+        Bx1xHxW, or 1xHxW for B = 1, both flattened to N = B here); ``prompts.mask_input``
+        (1x256x256 logits) goes to SAM2 as ``mask_input``.
+
+        Args:
+            embedding: from :meth:`embed` of this engine.
+            prompts: validated prompts in pixels of the embedded image.
+
+        Returns:
+            The masks, scores and logits in SAM2's order (the best-scoring mask is the one
+            SAM2's image predictor example picks); the logits stay where ``predict`` left
+            them (:attr:`MaskSet.logits`).
 
         Raises:
-            InternalError: the embedding was made by a different model.
+            InternalError: the embedding was made by a different model (never reused
+                silently, as micro-sam's embedding cache refuses a model mismatch).
         """
         pred = self.use_embedding(embedding)
         with self._inference():
@@ -349,8 +366,10 @@ class Sam2Engine:
                 masks = masks > 0
             ms = (time.perf_counter() - t0) * 1000
         h, w = embedding.orig_hw
-        return MaskSet(masks.reshape(-1, h, w), scores.reshape(-1).astype(np.float32),
-                       logits.reshape(-1, *logits.shape[-2:]).astype(np.float32), ms)
+        logits = logits.reshape(-1, *logits.shape[-2:])
+        if isinstance(logits, np.ndarray):  # SAM2's predict copied them to host memory
+            logits = logits.astype(np.float32, copy=False)
+        return MaskSet(masks.reshape(-1, h, w), scores.reshape(-1).astype(np.float32), logits, ms)
 
     def free_memory(self) -> None:
         """Drop the predictor's current image and return cached device memory to the
@@ -389,22 +408,18 @@ class Sam2Engine:
                   graphs=c.graphs)
         image = np.full((512, 512, 3), 127, dtype=np.uint8)
         box = np.array([128, 128, 384, 384], dtype=np.float32)
-        self.predict(self.embed(image), Prompts(None, None, box, multimask_output=False))
+        self.predict_all(self.embed(image), Prompts(None, None, box, multimask_output=False))
         self.predictor.reset_predictor()
         return (time.perf_counter() - start) * 1000
 
-    def info(self) -> dict[str, Any]:
-        """What ``{"op": "info"}`` reports: model, checkpoint, weights, device, dtype, versions."""
-        return {
-            "model": self.config.model,
-            "modelConfig": self.config.model_config,
-            "checkpoint": None if self.weights == "dummy" else str(self.config.checkpoint_path),
-            "weights": self.weights,
-            "device": self.device,
-            "dtype": self.precision,
-            "fastpath": self.fastpath,
-            "loadTimeMs": round(self.load_time_ms, 1),
-            "compile": compile_info(self.compile_mode, self.compiled),
-            "versions": dict(self.versions),
-        }
+    def info(self) -> EngineInfo:
+        """What ``{"op": "info"}`` reports of the model: name, config, checkpoint, weights,
+        device, dtype, fast path, load time, ``--compile`` and package versions."""
+        return EngineInfo(
+            model=self.config.model, weights=self.weights, device=self.device,
+            precision=self.precision, model_config=self.config.model_config,
+            checkpoint=None if self.weights == "dummy" else str(self.config.checkpoint_path),
+            fastpath=self.fastpath, load_time_ms=self.load_time_ms,
+            compile=compile_info(self.compile_mode, self.compiled),
+            versions=dict(self.versions))
 

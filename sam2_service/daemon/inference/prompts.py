@@ -87,7 +87,7 @@ def validate(request: SegmentRequest, image_hw: tuple[int, int]) -> Prompts:
       * no bbox and no points: the box is the whole image, (0, 0, W, H);
       * one point and no box: ``multimask_output=True`` (SAM2's advice for ambiguous
         prompts), anything else ``False``;
-      * ``boxes`` (issue 13): each box checked like ``bbox``, stacked Bx4,
+      * ``boxes`` (a protocol addition): each box checked like ``bbox``, stacked Bx4,
         ``multimask_output=False``; ``multimask: true``: ``multimask_output=True``.
 
     Raises:

@@ -4,7 +4,9 @@
 bounded queue (``max_queue``; beyond it :class:`~sam2_service.wire.errors.Busy` at once), each
 with a deadline (:class:`~sam2_service.wire.errors.RequestTimeout`); a job whose caller has gone
 is dropped before it starts, and one already running is finished and its result discarded. On
-shutdown the waiting jobs get :class:`~sam2_service.wire.errors.ShuttingDown`.
+shutdown the waiting jobs get :class:`~sam2_service.wire.errors.ShuttingDown`. Each job's
+wait for the thread (its queue time) and run time are measured here, once, and come back
+with its result (:class:`JobResult`).
 :class:`sam2_service.daemon.inference.worker.InferenceWorker` puts the model's jobs on it.
 """
 
@@ -16,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from ...wire.errors import Busy, RequestTimeout, ServiceError, ShuttingDown
 
@@ -30,11 +32,23 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     deadline: float  # time.monotonic() seconds
     state: str = "waiting"  # -> running | dropped
+    #: ``time.perf_counter()`` when queued, when it started and ended on the thread.
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
+    finished: float = 0.0
     #: The failure's traceback as raised on the inference thread (not the loop's frames).
     thread_tb: Any = None
 
+
+@dataclass(frozen=True)
+class JobResult(Generic[T]):
+    """What :meth:`InferenceThread.call` returns: the job's return value, the ms it waited
+    in the queue for the inference thread (``queue_ms``: from :meth:`~InferenceThread.call`
+    to its start on the thread) and the ms it ran there (``run_ms``)."""
+
+    value: T
+    queue_ms: float
+    run_ms: float
 
 
 class InferenceThread:
@@ -82,6 +96,7 @@ class InferenceThread:
             except BaseException as exc:  # handed to the awaiting coroutine
                 job.thread_tb = exc.__traceback__
                 outcome = (False, exc)
+            job.finished = time.perf_counter()
             with self._cond:
                 self._running = None
             self.running_since = None
@@ -109,11 +124,15 @@ class InferenceThread:
         """True while the inference thread runs."""
         return self._thread.is_alive()
 
-    async def call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None
+                   ) -> JobResult[T]:
         """Run ``fn(*args)`` on the inference thread and await its result.
 
         Args:
             deadline: ``time.monotonic()`` by which the result must be here, or None.
+
+        Returns:
+            ``fn``'s return value with the job's queue and run times, ms (:class:`JobResult`).
 
         Raises:
             Busy: ``max_queue`` jobs already wait.
@@ -124,19 +143,13 @@ class InferenceThread:
         loop = asyncio.get_running_loop()
         job = _Job(functools.partial(fn, *args), loop.create_future(), loop,
                    float("inf") if deadline is None else deadline)
-        with self._cond:
-            if self._closed:
-                raise ShuttingDown("the daemon is shutting down")
-            if self._waiting >= self.max_queue:
-                raise Busy(f"{self._waiting} requests already wait for the model "
-                           f"(max queue {self.max_queue}); try again shortly")
-            self._queue.append(job)
-            self._waiting += 1
-            self._cond.notify()
+        self._enqueue(job)
         del fn, args  # the job holds them; the frame must not (see below)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            value = await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            return JobResult(value, (job.started - job.submitted) * 1000,
+                             (job.finished - job.started) * 1000)
         except asyncio.TimeoutError:
             self._drop(job)
             raise RequestTimeout("no reply within the request timeout") from None
@@ -154,6 +167,18 @@ class InferenceThread:
         finally:
             job.fn = job.thread_tb = None  # type: ignore[assignment]
             del job
+
+    def _enqueue(self, job: _Job) -> None:
+        """Queue ``job`` for the thread, or raise :class:`ShuttingDown` / :class:`Busy`."""
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("the daemon is shutting down")
+            if self._waiting >= self.max_queue:
+                raise Busy(f"{self._waiting} requests already wait for the model "
+                           f"(max queue {self.max_queue}); try again shortly")
+            self._queue.append(job)
+            self._waiting += 1
+            self._cond.notify()
 
     def _drop(self, job: _Job) -> None:
         with self._cond:

@@ -1,12 +1,16 @@
 """Answering one request, with no I/O: payload bytes in, reply object out.
 
-:class:`Dispatcher` is driven by one table, :attr:`Dispatcher.handlers`, from op name
-(:data:`sam2_service.wire.schema.OPS`) to handler. Adding an op is one schema entry
-(:func:`sam2_service.wire.schema.parse_request`), one entry here, one worker job and one
-client method. :meth:`Dispatcher.respond` never raises: it is the only place where
-exceptions become error responses (:class:`~sam2_service.wire.errors.ServiceError` ->
-its code with the request's ``requestId``; anything else -> ``internal``, logged with its
-traceback). The connection loop (:mod:`sam2_service.daemon.serving.connection`) and the fuzz target
+:class:`Dispatcher` is driven by one table, :attr:`Dispatcher.handlers`, from request type
+(:data:`sam2_service.wire.schema.REQUEST_TYPES`, what
+:func:`~sam2_service.wire.schema.parse_request` makes of each op) to handler. Adding an op is
+one schema entry, one entry here, one worker job and one client method.
+:meth:`Dispatcher.respond` never raises: it is the only place where exceptions become error
+responses (:class:`~sam2_service.wire.errors.ServiceError` -> its code with the request's
+``requestId``, read once per request; anything else -> ``internal``, logged with its
+traceback). The replies are built here from the workers' outcomes: the segment reply, plain
+or extended (the protocol additions), from one :class:`SegmentOutcome`; the ``info`` reply
+(:func:`info_response`) from the settings and what the engine, caches and devices report.
+The connection loop (:mod:`sam2_service.daemon.serving.connection`) and the fuzz target
 (``fuzz/fuzz_pipeline.py``) both drive it.
 """
 
@@ -29,8 +33,9 @@ from ...wire.frames import decode_message
 from ...wire.schema import (
     PROTOCOL_VERSION,
     EmbedRequest,
+    InfoRequest,
+    PingRequest,
     ReleaseRequest,
-    Request,
     SegmentRequest,
     embed_response,
     error_response,
@@ -43,10 +48,11 @@ from ...wire.schema import (
     release_response,
     segment_response,
 )
-from ..auto.runner import AutoRunner
+from ..auto.runner import AutoProgress, AutoRunner
 from ..config import ServiceConfig
-from ..inference.devices import DevicePool
-from ..inference.engine import Engine
+from ..inference.cache import CacheStats
+from ..inference.devices import DeviceInfo, DevicePool
+from ..inference.engine import EngineInfo
 from ..inference.worker import InferenceWorker, SegmentOutcome
 from ..ops.logs import event
 
@@ -61,7 +67,8 @@ MASK_THREAD_PIXELS = 512 * 512
 #: a data URL).
 MAX_OTHER_COMMAS = 64
 
-#: What ``info`` lists as supported beyond protocol v1 (issue 13; docs/protocol.md).
+#: What ``info`` lists as supported beyond protocol v1 (the protocol additions;
+#: docs/protocol.md).
 FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId")
 
 Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
@@ -82,23 +89,17 @@ class Dispatcher:
         self.pool = worker if isinstance(worker, DevicePool) else DevicePool([worker])
         #: The first device's worker: what ``info``'s top-level fields describe.
         self.worker = self.pool.workers[0]
-        #: op name -> handler(request, arrived); the one routing table.
-        self.handlers: dict[str, Handler] = {
-            "ping": self._ping,
-            "info": self._info,
-            "segment": self._segment,
-            "embed": self._embed,
-            "release": self._release,
-            "auto": self._auto,
+        #: request type -> handler(request, arrived); the one routing table.
+        self.handlers: dict[type, Handler] = {
+            PingRequest: self._ping,
+            InfoRequest: self._info,
+            SegmentRequest: self._segment,
+            EmbedRequest: self._embed,
+            ReleaseRequest: self._release,
+            AutoRequest: self._auto,
         }
         #: Auto requests in progress (``info``'s ``auto``), one runner per worker; see :mod:`.auto`.
         self.auto_runners = {w: AutoRunner(w, config.auto_step_points) for w in self.pool.workers}
-
-    @property
-    def engine(self) -> Engine:
-        """The first worker's loaded engine."""
-        assert self.worker.engine is not None
-        return self.worker.engine
 
     async def respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
         """Answer one frame's payload; never raises (errors become error responses).
@@ -110,7 +111,8 @@ class Dispatcher:
 
         Returns:
             The reply object, with the request's ``requestId`` (or a made-up one when the
-            request carries none that is readable).
+            request carries none that is readable: made up once, so that the reply and
+            every log line of the request name the same one).
         """
         request_id = None
         try:
@@ -122,8 +124,8 @@ class Dispatcher:
                 obj = decode_message(payload)
             request_id = read_request_id(obj)
             request = parse_request(obj, max_points=self.config.max_points,
-                                    max_boxes=self.config.max_boxes)
-            return await self.handlers[obj.get("op", "segment")](request, arrived)
+                                    max_boxes=self.config.max_boxes, request_id=request_id)
+            return await self.handlers[type(request)](request, arrived)
         except ServiceError as exc:
             return self.error(request_id or new_request_id(), exc)
         except Exception as exc:  # a bug or a model failure: report it, keep serving
@@ -166,65 +168,40 @@ class Dispatcher:
               error=exc.message, field=exc.field)
         return error_response(request_id, exc.code, exc.message)
 
-    # -- handlers, one per op ---------------------------------------------------------------
-    async def _ping(self, request: Request, arrived: float) -> dict[str, Any]:
+    # -- handlers, one per request type ---------------------------------------------------
+    async def _ping(self, request: PingRequest, arrived: float) -> dict[str, Any]:
         return ping_response(request.request_id)
 
     async def _segment(self, request: SegmentRequest, arrived: float) -> dict[str, Any]:
+        """One worker outcome, then the plain reply (protocol v1) or, for a request with the
+        protocol additions, the extended one: every mask in ``maskEncoding`` with its score
+        and ``maskId``. The masks are encoded on a thread when they add up to more than
+        :data:`MASK_THREAD_PIXELS`."""
         event(log, "Received request", requestId=request.request_id,
               hasBbox=request.bbox is not None, points=len(request.points),
               imageChars=len(request.image_base64 or ""), imageId=request.image_id)
-        async with self.pool.worker_for(request) as worker:
-            out = await worker.segment(request, arrived + self.config.request_timeout)
+        async with self.pool.worker_for(request) as (worker, image):
+            out = await worker.segment(request, arrived + self.config.request_timeout, image)
         t0 = time.perf_counter()
-        where = self.pool.where(worker)
-        if request.extended:
-            return await self._segment_extended(request, out, arrived, t0, where)
-        if out.mask.size > MASK_THREAD_PIXELS:
-            mask_base64 = await asyncio.to_thread(encode_mask, out.mask)
+        encode = _encode_extended if request.extended else _encode_plain
+        if out.mask.size * (1 + len(out.entries)) > MASK_THREAD_PIXELS:
+            encoded = await asyncio.to_thread(encode, out, request.mask_encoding)
         else:
-            mask_base64 = encode_mask(out.mask)
+            encoded = encode(out, request.mask_encoding)
         timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
         timings["total"] = (time.monotonic() - arrived) * 1000
+        extended = dict(maskEncoding=request.mask_encoding, masks=len(out.entries),
+                        maskInput=request.mask_input) if request.extended else {}
         event(log, "Inference complete", requestId=request.request_id,
               inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
               score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
-              width=out.width, height=out.height, **where,
+              width=out.width, height=out.height, **extended, **self.pool.where(worker),
               **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
-        return segment_response(request.request_id, width=out.width, height=out.height,
-                                mask_base64=mask_base64, score=out.score,
-                                image_id=out.image_id, cached=out.cached, timings=timings)
-
-    async def _segment_extended(self, request: SegmentRequest, out: SegmentOutcome,
-                                arrived: float, t0: float, where: dict[str, Any]
-                                ) -> dict[str, Any]:
-        """The reply to a segment request with issue 13's options: every mask encoded in
-        ``maskEncoding`` (on a thread when they add up to more than
-        :data:`MASK_THREAD_PIXELS`), with its score and ``maskId``."""
-        pixels = out.mask.size * (1 + len(out.candidates) + len(out.box_masks))
-        if pixels > MASK_THREAD_PIXELS:
-            top, candidates, masks = await asyncio.to_thread(_encode_outcome, out,
-                                                             request.mask_encoding)
-        else:
-            top, candidates, masks = _encode_outcome(out, request.mask_encoding)
-        timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
-        timings["total"] = (time.monotonic() - arrived) * 1000
-        event(log, "Inference complete", requestId=request.request_id,
-              inferenceTimeMs=round(timings["total"], 1), maskCoverage=round(out.coverage, 4),
-              score=round(out.score, 4), cached=out.cached, imageId=out.image_id,
-              width=out.width, height=out.height, maskEncoding=request.mask_encoding,
-              masks=len(out.candidates) + len(out.box_masks), maskInput=request.mask_input,
-              **where, **{f"{k}Ms": round(v, 1) for k, v in timings.items() if k != "total"})
-        assert out.mask_id is not None
-        return extended_segment_response(
-            request.request_id, width=out.width, height=out.height,
-            encoding=request.mask_encoding, mask=top, score=out.score, mask_id=out.mask_id,
-            image_id=out.image_id, cached=out.cached, timings=timings,
-            candidates=candidates, masks=masks)
+        return _segment_reply(request, out, encoded, timings)
 
     async def _embed(self, request: EmbedRequest, arrived: float) -> dict[str, Any]:
-        async with self.pool.worker_for(request) as worker:
-            out = await worker.embed(request, arrived + self.config.request_timeout)
+        async with self.pool.worker_for(request) as (worker, image):
+            out = await worker.embed(request, arrived + self.config.request_timeout, image)
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         event(log, "Image embedded", requestId=request.request_id, imageId=out.image_id,
               cached=out.cached, width=out.width, height=out.height, **self.pool.where(worker),
@@ -242,8 +219,9 @@ class Dispatcher:
         event(log, "Received request", requestId=request.request_id, op="auto",
               tileShape=request.tile_shape, halo=request.halo, imageId=request.image_id,
               imageChars=len(request.image_base64 or ""))
-        async with self.pool.worker_for(request) as worker:
-            out = await self.auto_runners[worker].run(request, arrived + self.config.auto_timeout)
+        async with self.pool.worker_for(request) as (worker, image):
+            out = await self.auto_runners[worker].run(request, arrived + self.config.auto_timeout,
+                                                      image)
         labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         h, w = out.labels.shape
@@ -253,42 +231,96 @@ class Dispatcher:
         return auto_response(request.request_id, width=w, height=h, labels_base64=labels_base64,
                              labels=out.table, image_id=out.image_id, timings=timings)
 
-    async def _info(self, request: Request, arrived: float) -> dict[str, Any]:
-        cfg, stats, engine = self.config, self.worker.cache_stats(), self.engine
-        info: dict[str, Any] = {
-            "requestId": request.request_id, "ok": True, "protocol": PROTOCOL_VERSION,
-            **engine.info(), "socket": cfg.socket_path, "pid": os.getpid(),
-            "cache": {"capacityBytes": cfg.cache_bytes, **stats.info()},
-            "queue": {"waiting": self.worker.waiting, "maxQueue": cfg.max_queue},
-            "limits": {"maxFrameBytes": cfg.max_frame_bytes,
-                       "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
-                       "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout,
-                       "maxBoxes": cfg.max_boxes, "logitsCacheEntries": cfg.logits_cache_entries,
-                       "autoTimeout": cfg.auto_timeout, "autoStepPoints": cfg.auto_step_points,
-                       "maxConnections": cfg.max_connections,
-                       "maxBufferedBytes": cfg.max_buffered_bytes,
-                       "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes},
-            "maskEncodings": list(MASK_ENCODINGS),
-            "features": list(FEATURES),
-            "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total}
-                     for r in self.auto_runners.values() for p in r.running.values()],
-            "devices": self.pool.info(),
-        }
-        if engine.weights == "dummy":
-            info["warning"] = DUMMY_WARNING
-        return info
+    async def _info(self, request: InfoRequest, arrived: float) -> dict[str, Any]:
+        engine = self.worker.engine
+        assert engine is not None
+        return info_response(
+            request.request_id, self.config, engine.info(), self.worker.cache_stats(),
+            self.worker.waiting, self.pool.info(),
+            [p for r in self.auto_runners.values() for p in r.running.values()])
 
 
-def _encode_outcome(out: SegmentOutcome, encoding: str
-                    ) -> tuple[tuple[str, Any], list[dict[str, Any]] | None,
-                               list[dict[str, Any]] | None]:
-    """The top-level mask of ``out`` as ``(reply key, value)`` in ``encoding``, and its
-    ``candidates`` and ``masks`` entries (None when the request did not ask for them)."""
-    def entries(items: tuple) -> list[dict[str, Any]] | None:
-        return [mask_entry(score, encode_mask_as(mask, encoding), mask_id)
-                for mask, score, mask_id in items] if items else None
+def _encode_plain(out: SegmentOutcome, encoding: str) -> str:
+    """The plain reply's ``maskBase64`` (``encoding`` is not used: it is always raw)."""
+    return encode_mask(out.mask)
 
-    return encode_mask_as(out.mask, encoding), entries(out.candidates), entries(out.box_masks)
+
+def _encode_extended(out: SegmentOutcome, encoding: str
+                     ) -> tuple[tuple[str, Any], list[dict[str, Any]]]:
+    """The top-level mask of ``out`` as ``(reply key, value)`` in ``encoding``, and the
+    :func:`mask_entry` of each of its entries (candidates or boxes, in reply order)."""
+    masks, scores = out.predicted.masks, out.predicted.scores
+    entries = [mask_entry(float(scores[i]), encode_mask_as(masks[i], encoding), mask_id)
+               for i, mask_id in out.entries]
+    return encode_mask_as(out.mask, encoding), entries
+
+
+def _segment_reply(request: SegmentRequest, out: SegmentOutcome, encoded: Any,
+                   timings: dict[str, float]) -> dict[str, Any]:
+    """The segment reply: protocol v1's, or for a request with the protocol additions the
+    extended one, with ``candidates`` (``multimask``) or ``masks`` (``boxes``)."""
+    if not request.extended:
+        return segment_response(request.request_id, width=out.width, height=out.height,
+                                mask_base64=encoded, score=out.score, image_id=out.image_id,
+                                cached=out.cached, timings=timings)
+    top, entries = encoded
+    assert out.mask_id is not None
+    return extended_segment_response(
+        request.request_id, width=out.width, height=out.height,
+        encoding=request.mask_encoding, mask=top, score=out.score, mask_id=out.mask_id,
+        image_id=out.image_id, cached=out.cached, timings=timings,
+        candidates=entries if request.multimask and entries else None,
+        masks=entries if request.boxes and entries else None)
+
+
+def info_response(request_id: str, config: ServiceConfig, engine: EngineInfo, cache: CacheStats,
+                  waiting: int, devices: list[DeviceInfo],
+                  auto: list[AutoProgress]) -> dict[str, Any]:
+    """The reply to ``{"op": "info"}`` (docs/protocol.md): the first device's ``engine``,
+    embedding ``cache`` and ``waiting`` jobs at the top level, then the settings' limits, the
+    mask encodings and features, the ``auto`` requests in progress and every device."""
+    cfg = config
+    info: dict[str, Any] = {
+        "requestId": request_id, "ok": True, "protocol": PROTOCOL_VERSION,
+        **_engine_fields(engine), "socket": cfg.socket_path, "pid": os.getpid(),
+        "cache": {"capacityBytes": cfg.cache_bytes, **_cache_fields(cache)},
+        "queue": {"waiting": waiting, "maxQueue": cfg.max_queue},
+        "limits": {"maxFrameBytes": cfg.max_frame_bytes,
+                   "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
+                   "requestTimeout": cfg.request_timeout, "idleTimeout": cfg.idle_timeout,
+                   "maxBoxes": cfg.max_boxes, "logitsCacheEntries": cfg.logits_cache_entries,
+                   "autoTimeout": cfg.auto_timeout, "autoStepPoints": cfg.auto_step_points,
+                   "maxConnections": cfg.max_connections,
+                   "maxBufferedBytes": cfg.max_buffered_bytes,
+                   "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes},
+        "maskEncodings": list(MASK_ENCODINGS),
+        "features": list(FEATURES),
+        "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total} for p in auto],
+        "devices": [_device_fields(d) for d in devices],
+    }
+    if engine.weights == "dummy":
+        info["warning"] = DUMMY_WARNING
+    return info
+
+
+def _engine_fields(engine: EngineInfo) -> dict[str, Any]:
+    return {"model": engine.model, "modelConfig": engine.model_config,
+            "checkpoint": engine.checkpoint, "weights": engine.weights, "device": engine.device,
+            "dtype": engine.precision, "fastpath": engine.fastpath,
+            "loadTimeMs": round(engine.load_time_ms, 1), "compile": engine.compile,
+            "versions": dict(engine.versions)}
+
+
+def _cache_fields(stats: CacheStats) -> dict[str, int]:
+    return {"bytes": stats.bytes, "entries": stats.entries, "hits": stats.hits,
+            "misses": stats.misses, "evictions": stats.evictions}
+
+
+def _device_fields(d: DeviceInfo) -> dict[str, Any]:
+    return {"index": d.index, "device": d.device, "dtype": d.precision,
+            "loadTimeMs": None if d.load_time_ms is None else round(d.load_time_ms, 1),
+            "queue": {"waiting": d.waiting, "running": d.running, "requests": d.requests},
+            "cache": _cache_fields(d.cache)}
 
 
 _REQUEST_ID = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.){1,256}")')

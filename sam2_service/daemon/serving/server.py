@@ -51,9 +51,7 @@ class Server:
         self.config = config
         self._given = None if engine is None else (
             list(engine) if isinstance(engine, (list, tuple)) else [engine])
-        #: The first device's engine and worker (once started); :attr:`pool` holds them all.
-        self.engine: Engine | None = self._given[0] if self._given else None
-        self.worker: InferenceWorker | None = None
+        #: The inference workers, one per device (once started).
         self.pool: DevicePool | None = None
         self.dispatcher: Dispatcher | None = None
         self._listener: socket.socket | None = None  # the listening socket, once listening
@@ -165,18 +163,17 @@ class Server:
                                    cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue,
                                    logits_entries=cfg.logits_cache_entries)
                    for i in range(len(devices))]
-        self.pool, self.worker = DevicePool(workers), workers[0]
+        self.pool = DevicePool(workers)
         if self._given is None:
             for w, device in zip(workers, devices):
                 await w.load(functools.partial(Sam2Engine.load, cfg, device))
-        self.engine = workers[0].engine
         for i, w in enumerate(workers):
             eng = w.engine
             event(log, "Model loaded successfully", loadTimeMs=round(eng.load_time_ms, 1),
                   device=eng.device, dtype=eng.precision, model=cfg.model, weights=eng.weights,
                   checkpoint=None if eng.weights == "dummy" else str(cfg.checkpoint_path),
                   **({"deviceIndex": i} if len(workers) > 1 else {}))
-        if self.engine.weights == "dummy":
+        if workers[0].engine.weights == "dummy":
             event(log, DUMMY_WARNING, logging.WARNING)
         if cfg.warmup:
             times = await asyncio.gather(*(w.warmup() for w in workers))
