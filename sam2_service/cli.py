@@ -13,6 +13,7 @@ environment variables and defaults have one home.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -60,13 +61,29 @@ def config_from_args(ns: argparse.Namespace, env: dict[str, str] | None = None) 
     return ServiceConfig(**values)
 
 
+#: The environment variable of the client commands' ``--timeout``.
+TIMEOUT_ENV = "SAM2_SERVICE_TIMEOUT"
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``'s value: a finite number of seconds > 0 (0 would make the socket
+    non-blocking, so that no reply is ever waited for)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
 def _client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=None,
                         help=f"daemon socket (env SAM2_SERVICE_SOCKET, default {DEFAULT_SOCKET})")
-    parser.add_argument("--timeout", type=float,
-                        default=float(os.environ.get("SAM2_SERVICE_TIMEOUT", DEFAULT_TIMEOUT)),
-                        help="seconds to wait for a reply (env SAM2_SERVICE_TIMEOUT, default "
-                             f"{DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--timeout", type=_seconds, default=None,
+                        help=f"seconds to wait for a reply, a number > 0 (env {TIMEOUT_ENV}, "
+                             f"default {DEFAULT_TIMEOUT:g}; for auto, the daemon's "
+                             "--auto-timeout and a margin)")
 
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -76,6 +93,8 @@ def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas: {text!r}") from None
     if len(values) not in count:
         raise argparse.ArgumentTypeError(f"{what} needs {' or '.join(map(str, count))} numbers: {text!r}")
+    if not all(map(math.isfinite, values)):
+        raise argparse.ArgumentTypeError(f"{what} must be finite numbers (not nan or inf): {text!r}")
     return values
 
 
@@ -108,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", type=_bbox, action="append", default=None, dest="boxes",
                      help="box x1,y1,x2,y2 of a batched box prompt, repeatable: one mask per "
                           "box, the mask written is their union (not with --bbox or --point)")
-    seg.add_argument("--encoding", choices=("raw", "rle", "png"),
-                     help="mask encoding on the wire (default: raw, protocol v1's maskBase64)")
+    seg.add_argument("--encoding", choices=("raw", "rle", "png"), default="raw",
+                     help="mask encoding on the wire (default raw: base64 bytes); always "
+                          "sent, so that the reply has the maskId that --mask-input takes")
     seg.add_argument("--multimask", action="store_true",
                      help="ask for SAM2's three candidate masks (printed with their scores)")
     seg.add_argument("--mask-input", metavar="MASKID",
@@ -131,12 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 #: -50,-50,100,100``). argparse takes such a value for an option and fails with "expected one
 #: argument": its negative-number exception covers a single number ("-5"), not a list.
 _COORDINATE_OPTIONS = ("--bbox", "--point", "--box")
-_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+_NEGATIVE_VALUE = re.compile(r"-(\.?\d|inf|nan)", re.IGNORECASE)  # -inf: refused as not finite
 
 
 def join_negative_values(argv: Sequence[str]) -> list[str]:
     """``argv`` with ``--bbox X`` / ``--point X`` written ``--bbox=X`` where X starts with a
-    minus sign and a digit, so argparse reads X as the value. Nothing after ``--`` changes."""
+    minus sign and a digit (or ``inf``, ``nan``), so argparse reads X as the value. Nothing
+    after ``--`` changes."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -155,8 +176,23 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """:func:`build_parser` on ``argv`` (default ``sys.argv[1:]``) after
-    :func:`join_negative_values`. Exits with status 2 on bad arguments, as argparse does."""
-    return build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+    :func:`join_negative_values`. A client command's ``timeout`` comes from the flag, else
+    :data:`TIMEOUT_ENV`, else :data:`~.client.DEFAULT_TIMEOUT`; ``timeout_given`` says
+    whether one of the first two set it. Exits with status 2 on bad arguments (the
+    variable's included), as argparse does."""
+    parser = build_parser()
+    ns = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
+    if not hasattr(ns, "timeout"):
+        return ns
+    ns.timeout_given = ns.timeout is not None or bool(os.environ.get(TIMEOUT_ENV))
+    if ns.timeout is None and ns.timeout_given:
+        try:
+            ns.timeout = _seconds(os.environ[TIMEOUT_ENV])
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{TIMEOUT_ENV}: {exc}")
+    if ns.timeout is None:
+        ns.timeout = DEFAULT_TIMEOUT
+    return ns
 
 
 def _web_parser(sub: Any) -> None:
@@ -236,33 +272,47 @@ def _check_outputs(ns: argparse.Namespace) -> bool:
     return True
 
 
-def _client_command(ns: argparse.Namespace) -> int:
+def client_failure(exc: BaseException) -> str:
+    """The one line the client commands print for a failed request: the daemon's error
+    reply's code and message, a refusal on the client (an image over the daemon's pixel
+    limit: nothing was sent) as its message, anything else as it reads."""
+    from .client import ImageTooLargeError, RequestFailed
+
+    if isinstance(exc, ImageTooLargeError):
+        return f"sam2-service: {exc.message}"
+    if isinstance(exc, RequestFailed):
+        return f"sam2-service: request failed: {exc.code}: {exc.message}"
+    return f"sam2-service: {exc}"
+
+
+def _ping_or_info(client: Any, command: str) -> int:
     import orjson
 
-    from .client import Client, ClientError, RequestFailed
+    t0 = time.perf_counter()
+    reply = client.ping() if command == "ping" else client.info()
+    if command == "ping":
+        print(f"ok ({(time.perf_counter() - t0) * 1000:.1f} ms)")
+    else:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _client_command(ns: argparse.Namespace) -> int:
+    from .client import Client, ClientError
 
     if not _check_outputs(ns):
         return 1
     try:
         with Client(ns.socket, timeout=ns.timeout) as client:
             if ns.command in ("ping", "info"):
-                t0 = time.perf_counter()
-                reply = client.ping() if ns.command == "ping" else client.info()
-                if ns.command == "ping":
-                    print(f"ok ({(time.perf_counter() - t0) * 1000:.1f} ms)")
-                else:
-                    print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
-                return 0
+                return _ping_or_info(client, ns.command)
             t0 = time.perf_counter()
             result = client.segment(ns.image, bbox=ns.bbox, points=ns.point,
                                     encoding=ns.encoding, multimask=ns.multimask,
                                     boxes=ns.boxes, mask_input=ns.mask_input)
             round_trip = (time.perf_counter() - t0) * 1000
-    except RequestFailed as exc:
-        print(f"sam2-service: request failed: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
     except (ClientError, OSError) as exc:
-        print(f"sam2-service: {exc}", file=sys.stderr)
+        print(client_failure(exc), file=sys.stderr)
         return 1
     h, w = result.mask.shape
     coverage = float((result.mask > 0).mean()) * 100
@@ -304,7 +354,8 @@ def _write_overlay(ns: argparse.Namespace, mask: Any) -> int:
     from .client.overlay import write_overlay
 
     try:
-        write_overlay(ns.image, mask, ns.overlay, bbox=ns.bbox, points=ns.point)
+        write_overlay(ns.image, mask, ns.overlay, bbox=ns.bbox, points=ns.point,
+                      boxes=ns.boxes or ())
     except (ValueError, OSError) as exc:
         print(f"sam2-service: cannot write overlay {ns.overlay}: {exc}", file=sys.stderr)
         return 1
@@ -391,8 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _uninstall_service(ns)
     if ns.command == "web":
         return _web(ns)
-    if ns.command == "auto":
-        from .cli_auto import auto_main
+    try:  # the client commands: ping, info, segment, auto
+        if ns.command == "auto":
+            from .cli_auto import auto_main
 
-        return auto_main(ns)
-    return _client_command(ns)
+            return auto_main(ns, client_failure)
+        return _client_command(ns)
+    except KeyboardInterrupt:  # Ctrl-C while connecting, sending or waiting for the reply
+        print("sam2-service: interrupted", file=sys.stderr)
+        return 130

@@ -1,7 +1,9 @@
 """Clients of the daemon, for the CLI and the front-ends (browser gateway, napari plugin).
 
-Requests are built and replies read without I/O in :mod:`.core` (and :mod:`.auto`); each
-operation (ping, info, segment, embed, auto, release) is written once in :mod:`.ops` as a
+Requests are built and replies read without I/O in :mod:`.core` (and :mod:`.auto`); images
+are read, held against the daemon's pixel limit from their header and encoded in
+:mod:`.images`; the exceptions live in :mod:`.errors`. Each operation (ping, info, segment,
+embed, auto, release) is written once in :mod:`.ops` as a
 generator of "send this request / run this work" steps, carried out by :class:`Client`
 (blocking, :mod:`.sync`) or :class:`AsyncClient` (asyncio, :mod:`.aio`) over the socket
 (:mod:`.connection`). :mod:`.overlay` draws a mask and its prompts on the image. Imports
@@ -17,6 +19,8 @@ from .core import (
     ImageInput,
     ImageMemo,
     ImageRef,
+    ImageTooLargeError,
+    ImageUnreadable,
     MaskCandidate,
     PointInput,
     PreparedImage,
@@ -35,6 +39,7 @@ from .sync import Client
 
 __all__ = ["AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
            "Client", "ClientError", "DEFAULT_TIMEOUT", "ImageInput", "ImageMemo", "ImageRef",
+           "ImageTooLargeError", "ImageUnreadable",
            "MaskCandidate", "PointInput", "PreparedImage", "RequestFailed", "SegmentOptions",
            "SegmentResult", "build_embed_request", "build_segment_request", "check_response",
            "default_socket_path", "encode_image_input", "parse_segment_response", "prepare_image"]

@@ -7,10 +7,14 @@ blocking transport sleeps and the asyncio one awaits), the reply decoder, and th
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import shlex
 import socket
+import stat
 import time
 
-from ..wire.frames import FrameDecoder
+from ..wire.frames import DEFAULT_SOCKET, FrameDecoder
 from ..wire.peer import peer_uid
 from .core import ClientError, check_server_uid
 from .ops import Pause, Steps
@@ -56,8 +60,7 @@ def connect_steps(path: str, timeout: float, sock_timeout: float) -> Steps:
                                   f"{timeout} s") from None
         except OSError as exc:
             sock.close()
-            raise ClientError(f"cannot connect to {path}: {exc.strerror or exc} (is the daemon "
-                              "running? start it with `make run`)") from None
+            raise ClientError(connect_failure(path, exc)) from None
         yield Pause(CONNECT_RETRY_S)
     try:
         check_server_uid(peer_uid(sock), path)
@@ -65,6 +68,38 @@ def connect_steps(path: str, timeout: float, sock_timeout: float) -> Steps:
         sock.close()
         raise
     return sock
+
+
+#: What :func:`connect_failure` calls a path that is not a socket, by its ``stat`` type.
+_FILE_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def start_hint(path: str) -> str:
+    """How to start a daemon on ``path``: ``make run``, repeating the socket unless it is the
+    default one (``make run`` passes ``--socket`` itself, so the variable does not reach it)."""
+    if path == DEFAULT_SOCKET:
+        return "`make run`"
+    quoted = shlex.quote(path)
+    return f"`make run SOCKET={quoted}` or `sam2-service serve --socket {quoted}`"
+
+
+def connect_failure(path: str, exc: OSError) -> str:
+    """The message of a failed connect to ``path``: that the path is not a socket (and what it
+    is), or the error with, where no daemon listens there, how to start one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a file of another kind")
+        return (f"cannot connect to {path}: it is not a socket (it is {kind}); give the "
+                "daemon's socket with --socket or SAM2_SERVICE_SOCKET")
+    text = f"cannot connect to {path}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        text += f" (is the daemon running? start it with {start_hint(path)})"
+    return text
 
 
 class ReplyDecoder(FrameDecoder):

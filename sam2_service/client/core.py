@@ -1,6 +1,8 @@
-"""The clients' I/O-free core: the values they take and give back, requests built, replies read
-and checked, and the server's uid judged. :mod:`.ops` writes each operation once on top of
-these; the transports (:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`)
+"""The clients' I/O-free core: the values they take and give back, requests built (their
+coordinates checked to be finite), replies read and checked, and the server's uid judged;
+images are read and held against the daemon's pixel limit in :mod:`.images` (its names are
+re-exported here), the exceptions in :mod:`.errors`. :mod:`.ops` writes each operation once
+on top of these; the transports (:mod:`.sync`'s :class:`Client`, :mod:`.aio`'s :class:`AsyncClient`)
 only carry its requests.
 
 Front-ends (CLI, WebSocket gateway, napari plugin) use these; nothing here imports torch or
@@ -11,22 +13,27 @@ touches a socket. Masks come back as numpy ``uint8`` arrays of shape (H, W), 0 b
 from __future__ import annotations
 
 import hashlib
-import io
+import math
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
 import pybase64
-from PIL import Image
 
-from ..wire.codecs import compute_image_id, decode_any_mask, encode_png, image_size
-from ..wire.errors import ImageDecodeError, ServiceError
+from ..wire.codecs import decode_any_mask
+from ..wire.errors import ServiceError
 from ..wire.frames import DEFAULT_SOCKET, decode_message
+from ..wire.limits import DEFAULT_MAX_IMAGE_PIXELS
 from ..wire.peer import peer_allowed
+from .errors import ClientError, RequestFailed
+from .errors import ImageTooLargeError as ImageTooLargeError
+from .errors import ImageUnreadable as ImageUnreadable
+from .images import ImageRef, PreparedImage, check_pixels, prepare_image
+from .images import encode_image_input as encode_image_input
+from .images import image_dimensions as image_dimensions
 
 #: Seconds the clients wait for connecting and for each reply (the CLI's ``--timeout`` default).
 #: Generous: a cold request on a laptop CPU takes seconds.
@@ -37,42 +44,8 @@ DEFAULT_TIMEOUT = 300.0
 CLIENT_MEMO_ENTRIES = 64
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """An image the daemon has embedded, sent by ``imageId`` instead of its bytes.
-
-    Attributes:
-        image_id: the daemon's ``imageId`` (hex SHA-256 of the image file's bytes).
-        width, height: the image's size in pixels.
-        cached: from an embed reply: True when the daemon already had the embedding.
-    """
-
-    image_id: str
-    width: int
-    height: int
-    cached: bool = False
-
-
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, ImageRef]
 PointInput = Union[Sequence[float], "tuple[float, float, int]"]
-
-
-class ClientError(Exception):
-    """The daemon could not be reached, closed the connection, or sent a bad frame."""
-
-
-class RequestFailed(ClientError):
-    """The daemon answered with an error response.
-
-    Attributes:
-        code: the wire's error code (docs/protocol.md), e.g. ``invalid_request``.
-        message: the daemon's message, naming the field at fault.
-        request_id: the ``requestId`` of the error response.
-    """
-
-    def __init__(self, code: str, message: str, request_id: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.request_id = code, message, request_id
 
 
 @dataclass(frozen=True)
@@ -135,54 +108,49 @@ def default_socket_path() -> str:
     return os.environ.get("SAM2_SERVICE_SOCKET") or DEFAULT_SOCKET
 
 
-def encode_image_input(image: str | os.PathLike | bytes | np.ndarray) -> tuple[bytes, int, int]:
-    """Bytes to send for ``image`` and its (width, height).
-
-    PNG/JPEG files and bytes are sent as they are; other formats Pillow reads (TIFF,
-    BMP, ...) and numpy arrays (HxW or HxWx3 uint8, RGB) are encoded as PNG.
-    """
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(f"image array must be HxW or HxWx3 uint8, got {image.shape} {image.dtype}")
-        return encode_png(image), image.shape[1], image.shape[0]
-    data = image if isinstance(image, bytes) else Path(image).read_bytes()
-    try:
-        width, height = image_size(data)
-        return data, width, height
-    except ImageDecodeError:
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        return encode_png(rgb), rgb.shape[1], rgb.shape[0]
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image ready to send: the file bytes, its size in pixels and its ``imageId``."""
-
-    data: bytes
-    width: int
-    height: int
-    image_id: str
-
-    @property
-    def ref(self) -> ImageRef:
-        """This image as an :class:`ImageRef`."""
-        return ImageRef(self.image_id, self.width, self.height)
-
-
-def prepare_image(image: str | os.PathLike | bytes | np.ndarray) -> PreparedImage:
-    """:func:`encode_image_input` plus the ``imageId`` the daemon will give those bytes."""
-    data, width, height = encode_image_input(image)
-    return PreparedImage(data, width, height, compute_image_id(data))
-
 
 def new_request_id() -> str:
     """A fresh ``requestId`` (``cli-`` and 12 hex digits)."""
     return f"cli-{os.urandom(6).hex()}"
 
 
+_XYXY = ("x1", "y1", "x2", "y2")
+
+
 def _xyxy(box: Sequence[float]) -> dict[str, float]:
-    return dict(zip(("x1", "y1", "x2", "y2"), map(float, box)))
+    return dict(zip(_XYXY, map(float, box)))
+
+
+def check_finite(name: str, values: Sequence[Any], keys: Sequence[str]) -> None:
+    """Each of ``values`` (named ``name.key``) is a finite number.
+
+    Raises:
+        ValueError: one is not a number, or is NaN or infinite (JSON has no such number: the
+            request would carry ``null``), naming it and the value given.
+    """
+    for key, value in zip(keys, values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}.{key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{name}.{key} must be a finite number, got {number!r}")
+
+
+def check_timeout(value: Any) -> float:
+    """``value`` as seconds to wait: a finite number > 0.
+
+    Raises:
+        ValueError: anything else (0 would make the socket non-blocking, a negative or
+            infinite value is refused by it).
+    """
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -201,7 +169,8 @@ class SegmentOptions:
 
     ``encoding``, ``multimask``, ``boxes`` and ``mask_input`` are the protocol additions
     (docs/protocol.md, "Protocol additions"): any of them makes the reply the extended one,
-    with ``maskId``. Unknown keywords raise ``TypeError``.
+    with ``maskId``. Unknown keywords raise ``TypeError``; a coordinate or label that is not
+    a finite number (NaN, infinity) raises ``ValueError`` naming it.
     """
 
     bbox: Sequence[float] | None = None
@@ -215,6 +184,12 @@ class SegmentOptions:
         object.__setattr__(self, "points", tuple(self.points))
         if self.boxes is not None:
             object.__setattr__(self, "boxes", tuple(self.boxes))
+        if self.bbox is not None:
+            check_finite("bbox", self.bbox, _XYXY)
+        for i, point in enumerate(self.points):
+            check_finite(f"points[{i}]", point, ("x", "y", "label"))
+        for i, box in enumerate(self.boxes or ()):
+            check_finite(f"boxes[{i}]", box, _XYXY)
 
     def fields(self) -> dict[str, Any]:
         """The request fields the options give (``bbox``, ``points``, ``maskEncoding``,
@@ -283,23 +258,35 @@ class ImageMemo:
     hash; ``known`` holds imageIds the daemon has embedded. Both are LRU, at most
     ``entries`` long. The daemon may still have evicted an id: the clients then resend.
     Safe to share between threads (a lock guards the tables; encoding runs outside it).
+
+    ``max_image_pixels`` is the daemon's pixel limit once an ``info`` reply gave it (else
+    None); :meth:`prepare` refuses larger images (:attr:`pixel_limit`).
     """
 
     def __init__(self, entries: int = CLIENT_MEMO_ENTRIES) -> None:
         self.entries = entries
+        self.max_image_pixels: int | None = None
         self._arrays: OrderedDict[tuple, PreparedImage] = OrderedDict()
         self._known: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def pixel_limit(self) -> int:
+        """The daemon's ``maxImagePixels`` if known, else its default."""
+        return self.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
+
     def prepare(self, image: str | os.PathLike | bytes | np.ndarray) -> PreparedImage:
-        """:func:`prepare_image`, remembering arrays by shape, dtype and SHA-256 of their bytes."""
+        """:func:`prepare_image` with :attr:`pixel_limit`, remembering arrays by shape, dtype
+        and SHA-256 of their bytes."""
         if not isinstance(image, np.ndarray):
-            return prepare_image(image)
+            return prepare_image(image, self.pixel_limit)
+        if image.ndim in (2, 3):
+            check_pixels("the image array", image.shape[1], image.shape[0], self.pixel_limit)
         key = (image.shape, image.dtype.str, hashlib.sha256(np.ascontiguousarray(image)).digest())
         with self._lock:
             prepared = self._arrays.get(key)
         if prepared is None:
-            prepared = prepare_image(image)
+            prepared = prepare_image(image, self.pixel_limit)
         with self._lock:
             self._arrays[key] = prepared
             self._arrays.move_to_end(key)

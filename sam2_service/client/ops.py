@@ -19,6 +19,7 @@ from typing import Any, Callable, Generator, Sequence, Union
 
 import numpy as np
 
+from ..wire.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .auto import AutoResult, build_auto_request, parse_auto_response
 from .core import (
     DEFAULT_TIMEOUT,
@@ -30,7 +31,9 @@ from .core import (
     SegmentResult,
     build_embed_request,
     check_response,
+    check_timeout,
     default_socket_path,
+    image_dimensions,
     parse_segment_response,
 )
 
@@ -94,11 +97,32 @@ def request_steps(message: dict[str, Any]) -> Steps:
     return check_response((yield Send(message)))
 
 
+def info_steps(memo: ImageMemo) -> Steps:
+    """The info exchange; returns the reply, and keeps its ``limits.maxImagePixels`` in
+    ``memo`` (the limit later images are held against)."""
+    reply = yield from request_steps({"op": "info"})
+    limits = reply.get("limits")
+    limit = limits.get("maxImagePixels") if isinstance(limits, dict) else None
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        memo.max_image_pixels = limit
+    return reply
+
+
 def prepare_steps(memo: ImageMemo, image: ImageInput) -> Steps:
     """Returns ``image`` when it is an :class:`ImageRef`, else ``memo.prepare(image)`` (as
-    :class:`Work`): a :class:`~.core.PreparedImage`."""
+    :class:`Work`): a :class:`~.core.PreparedImage`, or
+    :class:`~.core.ImageTooLargeError` from the header, before anything is decoded.
+
+    While the daemon's pixel limit is unknown, an image over the default limit first asks
+    ``info`` for it (this daemon may allow more); smaller images cost a header read only.
+    """
     if isinstance(image, ImageRef):
         return image
+    if memo.max_image_pixels is None:
+        width, height = (image_dimensions(image) if isinstance(image, np.ndarray)  # its shape
+                         else (yield Work(image_dimensions, (image,))))
+        if width * height > DEFAULT_MAX_IMAGE_PIXELS:
+            yield from info_steps(memo)
     return (yield Work(memo.prepare, (image,)))
 
 
@@ -131,7 +155,7 @@ def embed_steps(memo: ImageMemo, image: str | os.PathLike | bytes | np.ndarray,
     Raises:
         RequestFailed: an error reply.
     """
-    prepared: PreparedImage = yield Work(memo.prepare, (image,))
+    prepared: PreparedImage = yield from prepare_steps(memo, image)
     reply = yield from request_steps(build_embed_request(prepared, request_id))
     memo.remember(reply["imageId"])
     return ImageRef(reply["imageId"], reply["width"], reply["height"], bool(reply["cached"]))
@@ -165,7 +189,8 @@ class Operations:
     Args:
         socket_path: the daemon's socket (default :func:`~.core.default_socket_path`).
         timeout: seconds to wait for connecting (a full accept queue is retried until then)
-            and for each reply.
+            and for each reply: a finite number > 0 (else ``ValueError``); it may be changed
+            later (``client.timeout = 600``), and applies from the next request.
 
     Every operation raises :class:`~.core.RequestFailed` on an error reply (``untrusted_server``
     when the socket's server runs as another user, before anything is sent) and
@@ -177,6 +202,15 @@ class Operations:
         self.timeout = timeout
         self.memo = ImageMemo()
 
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for connecting and for each reply."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = check_timeout(value)
+
     def _run(self, steps: Steps) -> Any:
         """Carry out ``steps`` and return (or, asyncio, give a coroutine of) their result."""
         raise NotImplementedError
@@ -186,8 +220,9 @@ class Operations:
         return self._run(request_steps({"op": "ping"}))
 
     def info(self) -> dict[str, Any]:
-        """``{"op": "info"}``: model, checkpoint, weights, device, dtype, versions."""
-        return self._run(request_steps({"op": "info"}))
+        """``{"op": "info"}``: model, checkpoint, weights, device, dtype, versions, limits
+        (``limits.maxImagePixels`` is kept: images are held against it from then on)."""
+        return self._run(info_steps(self.memo))
 
     def segment(self, image: ImageInput, *, reuse: bool = True, request_id: str | None = None,
                 **options: Any) -> SegmentResult:

@@ -1,10 +1,10 @@
 """Draw a mask and its prompts over the image, for ``sam2-service segment --overlay``.
 
 Pillow and numpy only (no torch), so front-ends can use it too. The mask is blended in
-:data:`MASK_COLOR` at :data:`MASK_ALPHA` with a solid contour along its inner edge; the box
-is a :data:`BOX_COLOR` rectangle; foreground points are :data:`FOREGROUND_COLOR` discs and
-background points :data:`BACKGROUND_COLOR` discs, each with a white ring. Line widths and
-marker sizes grow with the image.
+:data:`MASK_COLOR` at :data:`MASK_ALPHA` with a solid contour along its inner edge; each box
+(``bbox`` and every one of ``boxes``) is a :data:`BOX_COLOR` rectangle; foreground points
+are :data:`FOREGROUND_COLOR` discs and background points :data:`BACKGROUND_COLOR` discs,
+each with a white ring. Line widths and marker sizes grow with the image.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .images import read_rgb
 
 MASK_COLOR = (30, 144, 255)
 MASK_ALPHA = 0.45
@@ -91,13 +93,14 @@ def blend_mask(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int] = MASK_CO
 
 
 def draw_prompts(im: Image.Image, bbox: Sequence[float] | None = None,
-                 points: Iterable[Sequence[float]] = ()) -> None:
-    """Draw the box (XYXY pixels) and the points ((x, y) or (x, y, label); label 1
-    foreground, 0 background) on ``im`` in place."""
+                 points: Iterable[Sequence[float]] = (),
+                 boxes: Iterable[Sequence[float]] = ()) -> None:
+    """Draw the box and the boxes of a batched box prompt (XYXY pixels) and the points
+    ((x, y) or (x, y, label); label 1 foreground, 0 background) on ``im`` in place."""
     draw = ImageDraw.Draw(im)
     w, h = im.size
-    if bbox is not None:
-        x1, y1, x2, y2 = (float(v) for v in bbox)
+    for box in ([bbox] if bbox is not None else []) + list(boxes):
+        x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)],
                        outline=BOX_COLOR, width=line_width(w, h))
     r = marker_radius(w, h)
@@ -110,7 +113,8 @@ def draw_prompts(im: Image.Image, bbox: Sequence[float] | None = None,
 
 
 def draw_overlay(image: ImageLike, mask: np.ndarray, bbox: Sequence[float] | None = None,
-                 points: Iterable[Sequence[float]] = ()) -> Image.Image:
+                 points: Iterable[Sequence[float]] = (),
+                 boxes: Iterable[Sequence[float]] = ()) -> Image.Image:
     """The image with the mask and the prompts drawn on it.
 
     Args:
@@ -118,6 +122,7 @@ def draw_overlay(image: ImageLike, mask: np.ndarray, bbox: Sequence[float] | Non
         mask: HxW, nonzero/True = foreground (the client's 0/255 uint8 masks work as is).
         bbox: (x1, y1, x2, y2) in pixels, or None.
         points: (x, y) or (x, y, label) in pixels; label 1 foreground (default), 0 background.
+        boxes: the (x1, y1, x2, y2) boxes of a batched box prompt, drawn as ``bbox`` is.
 
     Returns:
         A new RGB PIL image of the image's size; the input is not modified.
@@ -133,22 +138,24 @@ def draw_overlay(image: ImageLike, mask: np.ndarray, bbox: Sequence[float] | Non
                          f"{rgb.shape[1]}x{rgb.shape[0]} (width x height); they must match")
     h, w = mask.shape
     im = Image.fromarray(blend_mask(rgb, mask != 0, edge=line_width(w, h)))
-    draw_prompts(im, bbox, points)
+    draw_prompts(im, bbox, points, boxes)
     return im
 
 
 def write_overlay(image_path: Union[str, os.PathLike], mask: np.ndarray,
                   out_path: Union[str, os.PathLike], bbox: Sequence[float] | None = None,
-                  points: Iterable[Sequence[float]] = ()) -> Path:
-    """Decode ``image_path`` with Pillow (RGB, stored pixel grid: no EXIF rotation, as the
-    daemon decodes it), draw :func:`draw_overlay` and save it as PNG at ``out_path``.
+                  points: Iterable[Sequence[float]] = (),
+                  boxes: Iterable[Sequence[float]] = ()) -> Path:
+    """Decode ``image_path`` with Pillow (:func:`~.images.read_rgb`: RGB, stored pixel grid,
+    no EXIF rotation, as the daemon decodes it; no decompression-bomb warning, the daemon's
+    limit having been held against it), draw :func:`draw_overlay` and save it as PNG at
+    ``out_path``.
 
     Raises:
         OSError: the image cannot be read or decoded, or the PNG cannot be written.
         ValueError: see :func:`draw_overlay`.
     """
-    with Image.open(image_path) as src:
-        overlay = draw_overlay(src.convert("RGB"), mask, bbox, points)
+    overlay = draw_overlay(read_rgb(image_path), mask, bbox, points, boxes)
     out = Path(out_path)
     # fast zlib with the run-length strategy: 5x faster than the default level 6 on a 12 MP
     # photo, and no bigger

@@ -61,6 +61,7 @@ class Client(Operations):
         with self._lock:
             sock = self._connect()
             try:
+                sock.settimeout(self.timeout)  # it may have changed since the connect
                 sock.sendall(encode_message(message))
                 while (payload := self._decoder.next_frame()) is None:
                     self._decoder.feed(sock.recv(RECV_CHUNK))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Mapping, get_args
 
 from ..wire.frames import DEFAULT_SOCKET
+from ..wire.limits import DEFAULT_MAX_IMAGE_PIXELS
 
 ModelName = Literal["tiny", "small", "base_plus", "large"]
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -124,7 +125,7 @@ class ServiceConfig:
     max_frame_bytes: int = _setting(64 * 2**20, "--max-frame-mb", "SAM2_SERVICE_MAX_FRAME_MB",
                                     "largest frame accepted, checked from the length prefix (MB)",
                                     type=int, scale=2**20)
-    max_image_pixels: int = _setting(40_000_000, "--max-image-pixels",
+    max_image_pixels: int = _setting(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels",
                                      "SAM2_SERVICE_MAX_IMAGE_PIXELS",
                                      "largest image (width x height) decoded, read from its header",
                                      type=int)

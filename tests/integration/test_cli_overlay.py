@@ -56,3 +56,26 @@ def test_segment_writes_mask_and_overlay(daemon, tmp_path, capsys):
     changed = (overlay != image).any(axis=2)
     away = ~prompt_zone(im.size)
     np.testing.assert_array_equal(changed[away], mask[away])
+
+
+def test_every_box_is_drawn_and_the_mask_id_printed(daemon, tmp_path, capsys):
+    """``--box`` given twice: both boxes in the overlay (before, only ``--bbox`` was drawn),
+    and a plain segment prints the ``maskId`` that ``--mask-input`` takes."""
+    from sam2_service.client.overlay import BOX_COLOR
+
+    image = skimage.data.coffee()
+    src = tmp_path / "coffee.png"
+    src.write_bytes(encode_image(image, "PNG"))
+    overlay_path = tmp_path / "overlay.png"
+    boxes = [(100, 50, 400, 300), (420, 80, 580, 380)]
+    args = ["segment", "--socket", daemon.socket_path, "--image", str(src),
+            "--overlay", str(overlay_path)]
+    for box in boxes:
+        args += ["--box", ",".join(map(str, box))]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("maskId=m") for line in out.splitlines()), out
+    drawn = np.asarray(Image.open(overlay_path).convert("RGB"))
+    for x1, y1, x2, y2 in boxes:
+        for x, y in ((x1, y1), (x2, y1), (x1, y2), (x2, y2)):
+            assert tuple(drawn[y, x]) == BOX_COLOR, (x, y)

@@ -77,6 +77,6 @@ def test_cli_flags():
                          "--box", "0,0,5,5", "--box", "-3,1,4,9", "--mask-input", "mabc"])
     assert (ns.encoding, ns.multimask, ns.mask_input) == ("rle", True, "mabc")
     assert ns.boxes == [[0, 0, 5, 5], [-3, 1, 4, 9]]
-    plain = cli.parse_args(["segment", "--image", "x.png"])
-    assert (plain.encoding, plain.multimask, plain.boxes, plain.mask_input) == (None, False,
+    plain = cli.parse_args(["segment", "--image", "x.png"])  # raw: the reply has a maskId
+    assert (plain.encoding, plain.multimask, plain.boxes, plain.mask_input) == ("raw", False,
                                                                                 None, None)
