@@ -65,6 +65,25 @@ def points_in_plane(world: np.ndarray, image: Any, index: tuple[int, ...]) -> np
     return np.asarray(out, dtype=float).reshape(-1, 2)
 
 
+def describe(edit: Edit) -> str:
+    """What an edit wrote, for a person: its prompts, label ids, layer and plane."""
+    what = "the auto-segmentation" if edit.kind == AUTO else f"the {edit.kind} result"
+    ids = ", ".join(str(i) for i in edit.ids)
+    label = f" (label{'s' if len(edit.ids) > 1 else ''} {ids})" if ids else ""
+    plane = f", slice {', '.join(str(i) for i in edit.index)}" if edit.index else ""
+    return f"{what}{label} in {edit.layer.name}{plane}"
+
+
+def _left_to_undo(n: int) -> str:
+    return f"{n} more to undo." if n else "Nothing more to undo."
+
+
+def _ready_to_click(points: Any, viewer: Any) -> None:
+    """Select the points layer in add mode: a click on the image then adds a point."""
+    viewer.layers.selection.active = points
+    points.mode = "add"
+
+
 def _retire(viewer: Any, name: str, fits: Callable[[Any], bool]) -> None:
     """Rename layer ``name`` to ``"<name> (earlier image)"`` when it does not ``fit`` the
     image now chosen (another shape or number of dimensions), so a fresh one can be made."""
@@ -148,6 +167,7 @@ class Controller:
             box.events.data.connect(lambda e: self._on_prompt(BOX, e))
         for name in (*MASKS.values(), AUTO):
             self.label_layer(name)
+        _ready_to_click(v.layers[POINTS], v)
 
     def label_layer(self, name: str) -> Any:
         """The Labels layer ``name`` for the current image (created empty, uint16, with the
@@ -299,13 +319,15 @@ class Controller:
     def _restore_live(self, kind: str) -> None:
         live = self._live.pop(kind, None)
         if live is not None and self.undo_stack and self.undo_stack[-1] is live:
-            self.undo()
+            self.undo(f"Removed (no {kind} left on this plane)")
 
-    def undo(self) -> bool:
-        """Undo the last segmentation (restore its plane); False if there is none."""
+    def undo(self, verb: str = "Undone") -> bool:
+        """Undo the last segmentation (restore its plane), saying what; False if none."""
         if not self.undo_stack:
+            self.status("Nothing to undo.")
             return False
         edit = self.undo_stack.pop()
+        self.status(f"{verb}: {describe(edit)}. {_left_to_undo(len(self.undo_stack))}")
         self._live = {k: v for k, v in self._live.items() if v is not edit}
         self._writing = True
         try:

@@ -1,10 +1,15 @@
-"""Fixtures for the napari plugin's tests: a headless Qt (``QT_QPA_PLATFORM=offscreen``) on an
-Xvfb display (vispy's canvas needs an OpenGL context, which Qt's offscreen platform takes from
-GLX), the integration tests' real daemon (random-weight SAM2.1-tiny), and the plugin's widget in
-napari's ``make_napari_viewer`` viewer.
+"""Fixtures for the napari plugin's tests: a headless viewer on an Xvfb display, the integration
+tests' real daemon (random-weight SAM2.1-tiny), and the plugin's widget in napari's
+``make_napari_viewer`` viewer.
 
-System libraries the Qt wheels and Mesa need are installed with apt-get when missing and running
-as root (as CI does); otherwise the viewer tests are skipped, saying what to install.
+Qt platform: vispy's canvas is a QOpenGLWidget. Qt 5's ``offscreen`` platform gave it a GLX
+context on the display; Qt 6's has no OpenGL widgets at all ("QOpenGLWidget is not supported on
+this platform"), so under Qt 6 the tests use the ``xcb`` platform on the (invisible) Xvfb
+display, whatever ``QT_QPA_PLATFORM`` said.
+
+System libraries the Qt wheels (:mod:`sam2_service.napari.qtlibs`) and Mesa need are installed
+with apt-get when missing and running as root (as CI does); otherwise the viewer tests are
+skipped, saying what to install.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ from typing import Any, Iterator
 
 import pytest
 
+from sam2_service.napari.qtlibs import qt_major_version, required
 from tests.integration.conftest import Daemon, checkpoint, daemon  # noqa: F401
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-#: Debian packages: the X server for GL, Mesa's GL/EGL, and what the Qt wheels link against.
-APT_PACKAGES = ["xvfb", "libgl1", "libegl1", "libgl1-mesa-dri", "libxkbcommon0",
-                "libfontconfig1", "libdbus-1-3"]
+#: Debian packages: the X server, Mesa's GL drivers, and what the Qt wheels' xcb plugin needs.
+APT_PACKAGES = ["xvfb", "libgl1-mesa-dri", *required(qt_major_version()).values()]
 
 
 def _missing_packages() -> list[str]:
@@ -58,6 +63,7 @@ def display() -> Iterator[str]:
     """An X display for OpenGL: ``$DISPLAY`` if set, else an Xvfb started here."""
     ensure_system_libraries()
     pytest.importorskip("napari", reason="pip install -e '.[napari]' (the plugin's extra)")
+    _use_display_platform()
     if os.environ.get("DISPLAY"):
         yield os.environ["DISPLAY"]
         return
@@ -79,6 +85,13 @@ def display() -> Iterator[str]:
     yield os.environ["DISPLAY"]
 
 
+def _use_display_platform() -> None:
+    """Qt 6: the ``xcb`` platform (its ``offscreen`` one has no OpenGL widgets); set before
+    the viewer makes the QApplication."""
+    if qt_major_version() >= 6:
+        os.environ["QT_QPA_PLATFORM"] = "xcb"
+
+
 @pytest.fixture
 def viewer(display: str, make_napari_viewer: Any) -> Any:
     """A headless napari viewer."""
@@ -91,7 +104,7 @@ def widget(viewer: Any, daemon: Daemon, qtbot: Any) -> Any:  # noqa: F811
     from sam2_service.napari.widget import SegmentWidget
 
     w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="SAM2 segmentation")
+    viewer.window.add_dock_widget(w, name="SAM2")
     w.socket_edit.setText(daemon.socket_path)
     assert w.connect_daemon().startswith("Connected"), w.conn_label.text()
     return w

@@ -204,10 +204,23 @@ def test_npe2_manifest_opens_the_widget(npe2pm, viewer) -> None:
     entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]["napari.manifest"]
     module, _, resource = entry["sam2-service"].partition(":")
     path = root.joinpath(*module.split("."), resource)
-    npe2pm.register(npe2.PluginManifest.from_file(path))
-    dock, widget = viewer.window.add_plugin_dock_widget("sam2-service", "SAM2 segmentation")
+    manifest = npe2.PluginManifest.from_file(path)
+    assert [w.display_name for w in manifest.contributions.widgets] == ["SAM2"]
+    npe2pm.register(manifest)
+    dock, widget = viewer.window.add_plugin_dock_widget("sam2-service", "SAM2")
     assert type(widget).__name__ == "SegmentWidget"  # (napari hands it a proxy of the viewer)
-    assert viewer.window.dock_widgets["SAM2 segmentation (sam2-service)"] is widget
+    # the dock's title is "<widget> (<plugin>)": short, so the dock does not cut it off
+    assert viewer.window.dock_widgets["SAM2 (sam2-service)"] is widget
+
+
+def test_napari_runs_on_a_supported_qt_binding(viewer) -> None:
+    """Not PyQt5: napari 0.9 deprecates it and shows a toast on the canvas saying so (its
+    ``SHOW_QT_WARNING`` flag, raised only for Qt 5)."""
+    import qtpy
+    from napari._qt import qt_main_window
+
+    assert qtpy.API_NAME in ("PyQt6", "PySide6") and qtpy.QT6
+    assert not qt_main_window.SHOW_QT_WARNING
 
 
 class FakeClient:
@@ -340,3 +353,44 @@ def test_a_second_image_of_another_shape_gets_fresh_layers(widget, viewer) -> No
     assert viewer.layers["Points_mask"].data.shape == (3, 20, 30)
     assert viewer.layers[POINTS].ndim == 3
     assert viewer.layers["Points_mask (earlier image)"].data.shape == (10, 12)
+
+
+def test_prompt_layers_are_ready_to_click(viewer) -> None:
+    """After "Add prompt layers" the points layer is the selected one, in add mode: a click on
+    the image adds a point (not the last label layer added)."""
+    fake_controller(viewer, np.zeros((40, 50), np.uint8))
+    pts = viewer.layers[POINTS]
+    assert viewer.layers.selection.active is pts and str(pts.mode) == "add"
+
+
+def test_buttons_select_the_points_layer_and_undo_says_what_it_undid(viewer, qtbot) -> None:
+    """"Add prompt layers" leaves Prompt Points selected in add mode. The Undo button's
+    message: what was undone, where, and what is left; or that there is nothing to undo
+    (instead of the last score staying on the message line); likewise when removing the
+    plane's points removes their result."""
+    from qtpy.QtWidgets import QPushButton
+
+    from sam2_service.napari.widget import SegmentWidget
+
+    w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
+    w.ctl.client, w.ctl.run = FakeClient(), lambda job, done: done(job())
+    viewer.add_image(np.zeros((3, 40, 50), np.uint8), name="img")
+    button = {b.text(): b for b in w.findChildren(QPushButton)}
+    button["Add prompt layers"].click()
+    pts = viewer.layers[POINTS]
+    assert viewer.layers.selection.active is pts and str(pts.mode) == "add"
+    viewer.dims.set_point(0, 1)
+    pts.add([[1, 5, 6]])
+    assert w.message.text().startswith("Prompt Points: score")
+    undo = button["Undo"]
+    undo.click()
+    assert w.message.text() == ("Undone: the Prompt Points result (label 1) in Points_mask, "
+                                "slice 1. Nothing more to undo.")
+    assert not np.asarray(viewer.layers["Points_mask"].data).any()
+    undo.click()
+    assert w.message.text() == "Nothing to undo."
+    pts.add([[1, 5, 6]])
+    pts.data = pts.data[:0]  # every point of the plane removed: so is their result
+    assert w.message.text() == ("Removed (no Prompt Points left on this plane): the Prompt Points "
+                                "result (label 1) in Points_mask, slice 1. Nothing more to undo.")
