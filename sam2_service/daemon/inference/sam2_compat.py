@@ -169,13 +169,6 @@ def dense_pe(model: Any) -> Any:
     return type(encoder).get_dense_pe(encoder)
 
 
-def prompt_pe(model: Any) -> Any:
-    """``model.sam_prompt_encoder.get_dense_pe()`` as ``SAM2ImagePredictor._predict`` calls
-    it: the 1x256x64x64 positional encoding the mask decoder gets (the fast path's cached
-    contiguous copy once :func:`replace_dense_pe` ran)."""
-    return model.sam_prompt_encoder.get_dense_pe()
-
-
 def replace_dense_pe(model: Any, pe: Any) -> None:
     """Make ``model.sam_prompt_encoder.get_dense_pe()`` return ``pe`` (an instance
     attribute over the class's method), for every predictor over ``model``."""
