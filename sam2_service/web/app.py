@@ -1,120 +1,91 @@
 """The aiohttp application: the page, its static files, ``/health`` and ``/ws/realtime``.
 
-Security (docs/web.md, "Security"): every request's ``Host`` must name this gateway
-(``localhost``, ``127.0.0.1``, ``[::1]`` or the ``--host`` it listens on, with the port it
-listens on), which stops DNS rebinding; a WebSocket handshake with an ``Origin`` header is
-refused unless that origin is this gateway's own (``http://localhost:PORT`` or
-``http://127.0.0.1:PORT``), so other web sites open in the browser cannot drive it. Clients
-that send no ``Origin`` (scripts) are accepted.
+Who may use it, the ``Host`` and ``Origin`` rules and the headers of every response are
+:mod:`.guard`'s (docs/web.md, "Security"); the daemon's side (retries, the queue gate, the
+health probe) is :mod:`.upstream`'s; one WebSocket connection is one :class:`~.session.Session`.
+A session without a message from its page for ``--idle-timeout`` seconds is told so and closed
+with code 4000 (the page reconnects on the next click).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
+from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..client import AsyncClient, ClientError
-from ..client.interactive import error_text
+from ..client import AsyncClient
 from .config import WebConfig
+from .guard import Access, guard, origin_allowed, quiet_bad_requests, resolve_access, safety_headers
 from .session import ImageUsers, Session
+from .upstream import Upstream, probe
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-#: Host names that always mean this machine.
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+#: The files under ``/static/``: those of the folder, by name (nothing else is looked up).
+STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file()) - {"index.html"}
 #: Close code for "too many sessions" (RFC 6455 registry: 1013 Try Again Later).
 TRY_AGAIN_LATER = 1013
+#: Close code for a session closed after ``--idle-timeout`` (private-use range).
+IDLE_CLOSE = 4000
+#: In index.html: replaced by the gateway's per-start instance id.
+INSTANCE_MARK = "__SAM2_INSTANCE__"
 
 CONFIG = web.AppKey("config", WebConfig)
+ACCESS = web.AppKey("access", Access)
 USERS = web.AppKey("users", ImageUsers)
+UPSTREAM = web.AppKey("upstream", Upstream)
 SESSIONS = web.AppKey("sessions", dict)  # session id -> its WebSocketResponse
 DAEMON = web.AppKey("daemon", AsyncClient)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def own_names(config: WebConfig) -> frozenset[str]:
-    """Host names this gateway answers to: the local names and the address it listens on."""
-    extra = {config.host.lower().strip("[]")} - {"", "0.0.0.0", "::"}
-    return LOCAL_NAMES | extra
+PAGE = web.AppKey("page", str)
 
 
-def _local_port(request: web.Request) -> int | None:
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return sockname[1] if sockname else None
-
-
-def names_this_gateway(authority: str, request: web.Request, default_port: int = 80) -> bool:
-    """True if ``authority`` (``host[:port]``) is one of our names on the port we listen on."""
-    try:
-        parts = urlsplit(f"//{authority}")
-        port = parts.port or default_port
-    except ValueError:
-        return False
-    return parts.hostname in own_names(request.app[CONFIG]) and port == _local_port(request)
-
-
-def origin_allowed(origin: str | None, request: web.Request) -> bool:
-    """No Origin (a script), or ``http://`` plus one of our names and our port."""
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme == "http" and not parts.path and names_this_gateway(parts.netloc, request)
-
-
-@web.middleware
-async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests whose Host is not this gateway (DNS rebinding); add safety headers."""
-    if not names_this_gateway(request.headers.get("Host", ""), request):
-        return web.Response(status=421, text=f"Host {request.headers.get('Host')!r} is not this "
-                            "gateway; open it at http://localhost:PORT/app or http://127.0.0.1:PORT/app")
-    response = await handler(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    return response
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    """``GET /``: to the page."""
-    raise web.HTTPFound("/app")
+    """``GET /``: to the page (its query, e.g. the token, kept)."""
+    raise web.HTTPFound("/app" + (f"?{request.query_string}" if request.query_string else ""))
 
 
-async def page(request: web.Request) -> web.FileResponse:
-    """``GET /app``: the click-to-segment page."""
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+async def page(request: web.Request) -> web.Response:
+    """``GET /app``: the click-to-segment page, holding this start's instance id."""
+    return web.Response(text=request.app[PAGE], content_type="text/html",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """``GET /static/{name}``: one of :data:`STATIC_FILES`, else 404 (no path is resolved)."""
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound(text="404: no such file")
+    return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """``GET /favicon.ico``: the page's icon (an SVG)."""
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Cache-Control": "max-age=3600"})
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: gateway up, daemon reachable, the daemon's model; 503 without a daemon."""
+    """``GET /health``: gateway up, daemon reachable, the daemon's info; 503 without a daemon
+    (or without its answer within ``--health-timeout``)."""
+    config = request.app[CONFIG]
     body: dict[str, Any] = {"gateway": "up", "sessions": len(request.app[SESSIONS]),
-                            "maxSessions": request.app[CONFIG].max_sessions}
-    try:
-        info = await request.app[DAEMON].info()
-    except ClientError as exc:
-        body.update(ok=False, daemon={"reachable": False, "error": error_text(exc)})
-        return web.json_response(body, status=503, dumps=lambda o: orjson.dumps(o).decode())
-    info.pop("requestId", None)
-    body.update(ok=True, daemon={"reachable": True, **info})
-    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+                            "maxSessions": config.max_sessions}
+    ok, daemon = await probe(config.socket_path, config.health_timeout, request.app[UPSTREAM])
+    body.update(ok=ok, daemon={"reachable": ok, **daemon})
+    return _json(body, 200 if ok else 503)
 
 
-async def realtime(request: web.Request) -> web.StreamResponse:
-    """``/ws/realtime``: one session per connection (docs/web.md, "Protocol")."""
-    origin = request.headers.get("Origin")
-    if not origin_allowed(origin, request):
-        return web.Response(status=403, text=f"Origin {origin!r} may not use this gateway; "
-                            "only its own page (http://localhost:PORT/app) may")
-    config, sessions = request.app[CONFIG], request.app[SESSIONS]
-    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
-    await ws.prepare(request)
+def _sender(ws: web.WebSocketResponse):
     lock = asyncio.Lock()
 
     async def send(message: dict[str, Any]) -> None:
@@ -125,16 +96,30 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 except ConnectionError:  # the client went away; the read loop ends the session
                     pass
 
+    return send
+
+
+async def realtime(request: web.Request) -> web.StreamResponse:
+    """``/ws/realtime``: one session per connection (docs/web.md, "Protocol")."""
+    config, sessions = request.app[CONFIG], request.app[SESSIONS]
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, request, config):
+        return web.Response(status=403, text=f"Origin {origin!r} may not use this gateway; "
+                            "only its own page (http://localhost:PORT/app) may")
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    send = _sender(ws)
     if len(sessions) >= config.max_sessions:
         await send({"type": "error", "message": f"too many sessions ({config.max_sessions}, "
                     "--max-sessions); close another tab and try again"})
         await ws.close(code=TRY_AGAIN_LATER, message=b"too many sessions")
         return ws
-    session = Session(config, request.app[USERS], send)
+    session = Session(config, request.app[USERS], send, request.app[UPSTREAM],
+                      request.app[ACCESS].instance)
     sessions[session.session_id] = ws
     try:
         await session.start()
-        await _read_loop(ws, session)
+        await _read_loop(ws, session, config.idle_timeout)
     finally:
         del sessions[session.session_id]
         await asyncio.shield(session.close())
@@ -142,8 +127,24 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _read_loop(ws: web.WebSocketResponse, session: Session) -> None:
-    async for msg in ws:
+#: What ``receive`` gives when the connection is closing or closed.
+_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
+async def _read_loop(ws: web.WebSocketResponse, session: Session, idle: float) -> None:
+    """Hand each message to ``session`` until the page closes, asks to close, or sends nothing
+    for ``idle`` seconds (then it is told, and closed with :data:`IDLE_CLOSE`). The heartbeat's
+    pongs are not messages: a page left open but unused counts as idle."""
+    while True:
+        try:  # wait_for bounds the whole wait: receive's own timeout restarts at every pong
+            msg = await asyncio.wait_for(ws.receive(), idle)
+        except asyncio.TimeoutError:
+            await session.error(f"session closed after {idle:g} s without a message "
+                                "(--idle-timeout); the page reconnects on the next click")
+            await ws.close(code=IDLE_CLOSE, message=b"idle")
+            return
+        if msg.type in _ENDS:
+            return
         if msg.type == WSMsgType.TEXT:
             if not await session.handle(msg.data):
                 return
@@ -166,32 +167,48 @@ async def _close_daemon_client(app: web.Application) -> None:
     await app[DAEMON].close()
 
 
-def create_app(config: WebConfig) -> web.Application:
-    """The gateway application for ``config``."""
-    app = web.Application(middlewares=[host_check], client_max_size=1 << 20)
+def create_app(config: WebConfig, access: Access | None = None) -> web.Application:
+    """The gateway application for ``config`` (``access``: who may use it, by default
+    :func:`~.guard.resolve_access` of ``config``)."""
+    access = access or resolve_access(config)
+    app = web.Application(middlewares=[guard(config, access)], client_max_size=1 << 20)
     daemon = AsyncClient(config.socket_path, timeout=config.timeout)
-    app[CONFIG], app[DAEMON], app[SESSIONS] = config, daemon, {}
-    app[USERS] = ImageUsers(daemon)
+    app[CONFIG], app[ACCESS], app[DAEMON], app[SESSIONS] = config, access, daemon, {}
+    app[USERS], app[UPSTREAM] = ImageUsers(daemon, config.timeout), Upstream()
+    app[PAGE] = (STATIC_DIR / "index.html").read_text().replace(INSTANCE_MARK, access.instance)
     app.router.add_get("/", home)
     app.router.add_get("/app", page)
     app.router.add_get("/health", health)
     app.router.add_get("/ws/realtime", realtime)
-    app.router.add_static("/static", STATIC_DIR)
+    app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/favicon.ico", favicon)
+    app.on_response_prepare.append(safety_headers)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_daemon_client)
     return app
 
 
+def _banner(config: WebConfig, access: Access) -> str:
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    url = f"http://{shown}:{config.port}/app" + (f"?token={access.token}" if access.token else "")
+    who = {"uid": f"only uid {access.uid}{' and root' if access.uid else ''} may use it",
+           "token": "the token in this address is needed", "none": "anyone who reaches the "
+           "port may use it (--auth none)"}[access.mode]
+    return f"sam2-service web: open {url} ({who}; daemon socket {config.socket_path})"
+
+
 def run(config: WebConfig) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    shown = f"[{config.host}]" if ":" in config.host else config.host
+    quiet_bad_requests()
+    app = create_app(config)
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
-                    print=lambda _: print(f"sam2-service web: open http://{shown}:{config.port}/app "
-                                          f"(daemon socket {config.socket_path})", flush=True))
+        web.run_app(app, host=config.host, port=config.port, access_log=None,
+                    print=lambda _: print(_banner(config, app[ACCESS]), flush=True))
     except OSError as exc:
-        print(f"sam2-service web: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # not aiohttp's long wording
+        print(f"sam2-service web: cannot listen on {config.host}:{config.port}: "
+              f"{why}; choose another port with --port or SAM2_WEB_PORT "
+              "(make web PORT=8001)", file=sys.stderr)
         return 1
     return 0

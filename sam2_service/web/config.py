@@ -15,6 +15,9 @@ from typing import Any, Mapping
 
 from ..wire.frames import DEFAULT_SOCKET
 
+#: Values of ``--auth`` (docs/web.md, "Security").
+AUTH_MODES = ("auto", "uid", "token", "none")
+
 
 def _setting(default: Any, flag: str, env: str, help: str, type: Any = str) -> Any:
     return field(default=default, metadata={"flag": flag, "env": env, "help": help, "type": type})
@@ -30,7 +33,19 @@ class WebConfig:
     socket_path: str = _setting(DEFAULT_SOCKET, "--socket", "SAM2_SERVICE_SOCKET",
                                 "the daemon's Unix socket")
     timeout: float = _setting(120.0, "--timeout", "SAM2_WEB_TIMEOUT",
-                              "seconds to wait for each daemon reply", float)
+                              "seconds to wait for each daemon reply (never retried after it "
+                              "runs out)", float)
+    health_timeout: float = _setting(2.0, "--health-timeout", "SAM2_WEB_HEALTH_TIMEOUT",
+                                     "seconds /health waits for the daemon's info before "
+                                     "answering 503", float)
+    idle_timeout: float = _setting(600.0, "--idle-timeout", "SAM2_WEB_IDLE_TIMEOUT",
+                                   "seconds a WebSocket session may go without a message "
+                                   "from its page before it is closed (code 4000)", float)
+    auth: str = _setting("auto", "--auth", "SAM2_WEB_AUTH",
+                         "who may use the gateway: uid (only the user running it, or root, "
+                         "told by the peer socket's owner in /proc/net/tcp), token (a secret "
+                         "printed at start, /app?token=...), none (anyone who reaches the "
+                         "port), auto (uid on Linux when listening on loopback, else token)")
     max_sessions: int = _setting(16, "--max-sessions", "SAM2_WEB_MAX_SESSIONS",
                                  "most WebSocket sessions at once; more are told so and closed", int)
     max_message_bytes: int = _setting(64 * 2**20, "--max-message-mb", "SAM2_WEB_MAX_MESSAGE_MB",
@@ -47,8 +62,14 @@ class WebConfig:
             if value < low or (name == "port" and value > 65535):
                 meta = _meta(name)
                 raise ValueError(f"{meta['flag']} / {meta['env']} out of range: {value}")
-        if self.timeout <= 0:
-            raise ValueError(f"--timeout / SAM2_WEB_TIMEOUT must be positive: {self.timeout}")
+        for name in ("timeout", "health_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                meta = _meta(name)
+                raise ValueError(f"{meta['flag']} / {meta['env']} must be positive: "
+                                 f"{getattr(self, name)}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"--auth / SAM2_WEB_AUTH must be one of {', '.join(AUTH_MODES)}: "
+                             f"{self.auth!r}")
 
 
 _SCALED = {"max_message_bytes": 2**20}  # the flag and the variable are in MB
@@ -58,12 +79,18 @@ def _meta(name: str) -> Mapping[str, Any]:
     return next(f.metadata for f in dataclasses.fields(WebConfig) if f.name == name)
 
 
+#: The prefix of the flags' ``dest``: the gateway's settings keep their own names in the
+#: namespace, so a command-wide ``timeout`` (the client commands') cannot stand in for one.
+DEST_PREFIX = "web_"
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`WebConfig` field to ``parser`` (default None: unset)."""
+    """Add one flag per :class:`WebConfig` field to ``parser`` (default None: unset; ``dest``
+    :data:`DEST_PREFIX` + the field's name)."""
     for f in dataclasses.fields(WebConfig):
         meta = f.metadata
         default = f.default // _SCALED.get(f.name, 1) if f.name in _SCALED else f.default
-        parser.add_argument(meta["flag"], dest=f.name, type=meta["type"], default=None,
+        parser.add_argument(meta["flag"], dest=DEST_PREFIX + f.name, type=meta["type"], default=None,
                             metavar=meta["flag"][2:].upper().replace("-", "_"),
                             help=f"{meta['help']} (default {default}; env {meta['env']})")
 
@@ -78,7 +105,7 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str] | None = Non
     values: dict[str, Any] = {}
     for f in dataclasses.fields(WebConfig):
         meta, scale = f.metadata, _SCALED.get(f.name, 1)
-        raw = getattr(ns, f.name, None)
+        raw = getattr(ns, DEST_PREFIX + f.name, None)
         if raw is None and meta["env"] in env:
             try:
                 raw = meta["type"](env[meta["env"]])

@@ -7,6 +7,11 @@ then asks the daemon for the mask of *all* the session's points. When clicks com
 the model, a reply for points that are no longer all the points is dropped and the worker asks
 again, so the last click always gets its own result. :class:`ImageUsers` counts the sessions per
 image, so the daemon's cached embedding is released when the last one goes.
+
+Model requests of all sessions pass the shared :class:`~.upstream.Gate` (at most the daemon's
+queue size in flight); a click beyond the daemon's ``maxPoints`` is refused here, keeping the
+earlier points and their mask. Any exception while handling a message becomes an ``error``
+message: the session goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from ..client import AsyncClient, ClientError, ImageRef, RequestFailed
+from ..client import AsyncClient, ClientError, ImageRef
 from ..client.interactive import (
     ImageHandle,
     PngMask,
@@ -34,6 +39,7 @@ from ..client.interactive import (
 from ..wire.codecs import decode_base64, image_size
 from ..wire.errors import ImageDecodeError, ImageTooLarge
 from .config import WebConfig
+from .upstream import Upstream, once_more
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,8 @@ class ProtocolError(Exception):
 class ImageUsers:
     """How many sessions use each image; the daemon's embedding is released at zero."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
+    def __init__(self, client: AsyncClient, timeout: float = 120.0) -> None:
+        self.client, self.timeout = client, timeout
         self._count: Counter[str] = Counter()
 
     def acquire(self, image_id: str) -> None:
@@ -62,7 +68,7 @@ class ImageUsers:
             return
         del self._count[image_id]
         try:
-            await self.client.release(image_id)
+            await once_more(partial(self.client.release, image_id), self.timeout)
         except ClientError as exc:  # the daemon is gone or restarted: nothing left to free
             log.info("could not release %s: %s", image_id[:12], exc)
 
@@ -82,9 +88,12 @@ class Session:
     """One browser session. Call :meth:`start`, feed text messages to :meth:`handle`
     (False means the client asked to close), and :meth:`close` at the end."""
 
-    def __init__(self, config: WebConfig, users: ImageUsers, send: Send) -> None:
+    def __init__(self, config: WebConfig, users: ImageUsers, send: Send,
+                 upstream: Upstream | None = None, instance: str = "") -> None:
         self.session_id = str(uuid.uuid4())
         self.config, self.users, self._send = config, users, send
+        self.upstream = upstream or Upstream()
+        self.instance = instance  # the gateway's per-start id, echoed in session_created
         self.client = AsyncClient(config.socket_path, timeout=config.timeout)
         self.image: ImageHandle | None = None  # its source: the file bytes, as sent
         self.points: list[tuple[float, float, int]] = []
@@ -95,7 +104,8 @@ class Session:
     async def start(self) -> None:
         """Send ``session_created`` and start the segmentation worker."""
         self._worker = asyncio.create_task(self._segment_loop())
-        await self._send({"type": "session_created", "session_id": self.session_id})
+        await self._send({"type": "session_created", "session_id": self.session_id,
+                          "instance": self.instance})
 
     async def handle(self, text: str) -> bool:
         """Act on one client message; errors are answered, never raised. False: close."""
@@ -117,6 +127,10 @@ class Session:
             await handler(msg)
         except ProtocolError as exc:
             await self.error(str(exc))
+        except Exception as exc:  # a bug must not end the session without a word
+            log.exception("session %s: %s message failed", self.session_id, kind)
+            await self.error(f"the gateway failed on this {kind} message ({type(exc).__name__}: "
+                             f"{exc}); the session goes on")
         return True
 
     async def error(self, message: str) -> None:
@@ -146,7 +160,7 @@ class Session:
         try:
             data = decode_base64(text, field="image")
             width, height = image_size(data)
-        except (ImageDecodeError, ImageTooLarge) as exc:
+        except (ImageDecodeError, ImageTooLarge) as exc:  # every decoder error is one of these
             raise ProtocolError(f"cannot load the image: {exc.message}") from None
         if width * height > self.config.max_image_pixels:
             raise ProtocolError(f"image is {width}x{height} = {width * height} pixels; the limit is "
@@ -162,10 +176,14 @@ class Session:
             await self._set_image(None)
             raise
         try:
+            self.upstream.learn(await once_more(self.client.info, self.config.timeout))
             ref = await self._embed(data)
         except ClientError as exc:
             await self._set_image(None)
             raise ProtocolError(f"image not loaded: {error_text(exc)}") from None
+        except Exception:  # a bug (answered by handle's catch-all): no earlier image stays
+            await self._set_image(None)
+            raise
         await self._set_image(ImageHandle(data, ImageRef(ref.image_id, width, height)))
         await self._send({"type": "image_loaded", "width": width, "height": height,
                           "image_id": ref.image_id})
@@ -181,6 +199,11 @@ class Session:
         if not pixel_inside(x, y, w, h):  # a click names a pixel (docs/web.md)
             raise ProtocolError(f"point ({x}, {y}) is outside the {w}x{h} image "
                                 f"(0 <= x < {w}, 0 <= y < {h})")
+        limit = self.upstream.max_points
+        if limit is not None and len(self.points) >= limit:  # the points and mask stay
+            raise ProtocolError(f"click refused: this object has {len(self.points)} points, the "
+                                f"daemon's limit (maxPoints {limit}, its --max-points); reset "
+                                "the points or start a new object")
         self.points.append((x, y, label))
         self.tickets.take()
         await self._send({"type": "point_added", "x": x, "y": y, "label": label,
@@ -192,23 +215,20 @@ class Session:
         self.tickets.take()
         await self._send({"type": "points_cleared"})
 
-    async def _retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """``call()``, once more if the connection failed (the daemon closes idle connections)."""
-        try:
-            return await call()
-        except RequestFailed:
-            raise
-        except ClientError:
-            return await call()
+    async def _model(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` (a model request) through the shared gate, once more if its connection
+        failed (the daemon closes idle connections), never after a time-out."""
+        async with self.upstream.gate.slot(self.config.timeout):
+            return await once_more(call, self.config.timeout)
 
     async def _embed(self, data: bytes) -> ImageRef:
         """The daemon's embedding of the image bytes ``data`` (hashed once, here)."""
-        return await self._retry(partial(self.client.embed, data))
+        return await self._model(partial(self.client.embed, data))
 
     async def _segment_png(self, points: list[tuple[float, float, int]], ref: ImageRef) -> PngMask:
         """The mask of ``points`` on the embedded image, as the daemon's PNG."""
         request = png_segment_request(ref, points)
-        return read_png_reply(await self._retry(partial(self.client.request, request)))
+        return read_png_reply(await self._model(partial(self.client.request, request)))
 
     async def _segment_loop(self) -> None:
         while True:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import operator
 import re
+import struct
 from typing import Final
 
 import numpy as np
@@ -23,6 +24,9 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ImageDecodeError, ImageTooLarge
 
 ALLOWED_FORMATS: Final = ("PNG", "JPEG")
+#: What else Pillow's PNG and JPEG header readers raise on hostile bytes (besides OSError).
+_HEADER_ERRORS: Final = (ValueError, EOFError, SyntaxError, struct.error, IndexError, KeyError,
+                         TypeError, ZeroDivisionError)
 
 
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,")
@@ -92,7 +96,9 @@ def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) of PNG/JPEG bytes, read from the header alone.
 
     Raises:
-        ImageDecodeError: not a PNG or JPEG image.
+        ImageDecodeError: not a PNG or JPEG image, or one whose header Pillow cannot read
+            (anything it raises: e.g. ``ValueError`` for a truncated IHDR chunk, or for a
+            zTXt/iCCP chunk over ``PngImagePlugin.MAX_TEXT_CHUNK`` decompressed).
         ImageTooLarge: the header declares more than twice Pillow's ``MAX_IMAGE_PIXELS``.
     """
     try:
@@ -102,6 +108,9 @@ def image_size(data: bytes) -> tuple[int, int]:
         raise ImageTooLarge(str(exc)) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageDecodeError(f"not a PNG or JPEG image: {exc}") from None
+    except _HEADER_ERRORS as exc:
+        raise ImageDecodeError(f"unreadable PNG or JPEG header: {type(exc).__name__}: "
+                               f"{exc}") from None
 
 
 def compute_image_id(data: bytes) -> str:

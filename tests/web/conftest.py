@@ -1,7 +1,8 @@
 """Fixtures for the browser gateway's tests: the integration tests' real daemon (random-weight
 SAM2.1-tiny, built once per session) and ``sam2-service web`` processes in front of it.
 
-The gateway runs as its own process, started through the CLI, as a user would start it.
+The gateway runs as its own process, started through the CLI, as a user would start it. The
+browser tests' page is Debian's headless Chromium driven by Playwright (:func:`browser_page`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,12 +24,22 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Daemon, checkpoint, daemon, encode_image  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    Daemon,
+    checkpoint,
+    daemon,
+    encode_image,
+    start_daemon,
+)
 
 READY_TIMEOUT_S = 60.0
 #: Limits the test gateway runs with (set through their environment variables).
 TEST_LIMITS = {"SAM2_WEB_MAX_SESSIONS": "4", "SAM2_WEB_MAX_MESSAGE_MB": "1",
                "SAM2_WEB_MAX_IMAGE_PIXELS": "250000"}
+#: The small daemon's settings (:func:`small_daemon`): random weights, and limits small enough
+#: to reach in a test.
+SMALL_DAEMON_ARGS = ("--dummy-weights", "--idle-timeout", "1", "--max-queue", "2",
+                     "--max-points", "4")
 
 
 @dataclass
@@ -48,6 +61,17 @@ class Gateway:
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")
 
+    def token(self) -> str:
+        """The token in the address a ``--auth token`` gateway printed at start (printed
+        just after it starts listening: waited for a little)."""
+        deadline = time.monotonic() + 10
+        while not (found := re.search(r"/app\?token=(\S+)", self.output())):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert found, f"no token in the gateway's output:\n{self.output()}"
+        return found.group(1)
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now."""
@@ -56,10 +80,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(tmp: Path, socket_path: str, env: dict[str, str] | None = None) -> Gateway:
-    """Start ``sam2-service web`` on a free port; wait until it answers HTTP."""
-    port = free_port()
-    out = tmp / f"web-{port}.out"
+def start_gateway(tmp: Path, socket_path: str, env: dict[str, str] | None = None,
+                  port: int | None = None) -> Gateway:
+    """Start ``sam2-service web`` on ``port`` (default: a free one); wait until it listens."""
+    port = port or free_port()
+    out = tmp / f"web-{port}-{time.monotonic_ns()}.out"
     cmd = [sys.executable, "-m", "sam2_service", "web", "--port", str(port), "--socket", socket_path]
     with open(out, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
@@ -97,6 +122,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, daemon: Daemon) -> Iterato
     stop(g.process)
 
 
+@pytest.fixture(scope="session")
+def small_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A second daemon, random weights (``--dummy-weights``: its ``info`` has a ``warning``),
+    closing connections idle for 1 s, 2 places in its queue, 4 points per request
+    (:data:`SMALL_DAEMON_ARGS`)."""
+    d = start_daemon(tmp_path_factory.mktemp("small-daemon"), *SMALL_DAEMON_ARGS)
+    yield d
+    d.stop()
+
+
 def small_photo() -> np.ndarray:
     """skimage's coffee photo at a quarter size (100x150): small and quick to send."""
     from skimage import data
@@ -130,3 +165,54 @@ class Conversation:
         message = await self.recv(timeout)
         assert message["type"] == kind, f"expected {kind}, got {message}"
         return message
+
+
+# ---- headless Chromium (Debian's, driven by Playwright) ------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    """Debian's chromium; installed with apt-get when missing and running as root, else skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the browser test needs Debian's chromium (apt-get install chromium) "
+                    "and installs it only when running as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):
+    """A fresh headless Chromium page (its own --user-data-dir), 1400x1000, devicePixelRatio 2."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    executable = chromium_path()
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=executable, args=CHROMIUM_FLAGS,
+            headless=True, viewport={"width": 1400, "height": 1000}, device_scale_factor=2,
+            has_touch=True)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def artifacts_dir(tmp_path: Path) -> Path:
+    path = Path(os.environ.get("SAM2_WEB_ARTIFACTS") or tmp_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def click_pixel(page, px: int, py: int, width: int, height: int, button: str = "left") -> None:
+    """Click the centre of image pixel (px, py) on the overlay as displayed now."""
+    box = page.locator("#overlay").bounding_box()
+    page.mouse.click(box["x"] + (px + 0.5) * box["width"] / width,
+                     box["y"] + (py + 0.5) * box["height"] / height, button=button)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,64 +20,15 @@ from PIL import Image
 from sam2_service.client import Client
 from sam2_service.wire.codecs import encode_png
 
-from .conftest import Gateway
+from .conftest import Gateway, artifacts_dir, click_pixel
 
 pytestmark = pytest.mark.model
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 #: Pixels of the overlay canvas with anything drawn on them.
 PAINTED = """() => {
     const c = document.getElementById('overlay');
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
-
-
-def chromium_path() -> str:
-    """Debian's chromium; installed with apt-get when missing and running as root, else skip."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("the browser test needs Debian's chromium (apt-get install chromium) "
-                    "and installs it only when running as root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
-
-
-@pytest.fixture
-def browser_page(tmp_path: Path):
-    """A fresh headless Chromium page (its own --user-data-dir), 1400x1000, devicePixelRatio 2."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-    executable = chromium_path()
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=executable, args=CHROMIUM_FLAGS,
-            headless=True, viewport={"width": 1400, "height": 1000}, device_scale_factor=2,
-            has_touch=True)
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
-
-
-def artifacts_dir(tmp_path: Path) -> Path:
-    path = Path(os.environ.get("SAM2_WEB_ARTIFACTS") or tmp_path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def click_pixel(page, px: int, py: int, width: int, height: int, button: str = "left") -> None:
-    """Click the centre of image pixel (px, py) on the overlay as displayed now."""
-    box = page.locator("#overlay").bounding_box()
-    page.mouse.click(box["x"] + (px + 0.5) * box["width"] / width,
-                     box["y"] + (py + 0.5) * box["height"] / height, button=button)
 
 
 def test_page_click_to_segment_at_two_display_scales(browser_page, gateway: Gateway, daemon,
@@ -164,8 +112,9 @@ def reconnect_and_new_object(page, socket_path: str, png: bytes, first: np.ndarr
     np.testing.assert_array_equal(_png_array(download.value.path()), second)
     with page.expect_download() as download:
         page.click("#download-labels")
-    labels = _png_array(download.value.path())
-    labels = labels[..., 0] if labels.ndim == 3 else labels
+    with Image.open(download.value.path()) as im:  # greyscale, as docs/web.md says (was RGBA)
+        assert (im.format, im.mode) == ("PNG", "L")
+        labels = np.asarray(im)
     want = np.where(second > 0, 2, np.where(first > 0, 1, 0))
     np.testing.assert_array_equal(labels, want)
     touch(page)

@@ -32,6 +32,9 @@ class FakeClient:
         self.released.append(image_id)
         return True
 
+    async def info(self) -> dict:
+        return {"ok": True, "limits": {"maxPoints": 64}, "queue": {"maxQueue": 8}}
+
     async def close(self) -> None:
         pass
 
@@ -83,6 +86,22 @@ def test_flags_win_over_environment_over_defaults() -> None:
         config_from_args(parser.parse_args(["--max-sessions", "0"]), {})
 
 
+def test_the_web_commands_settings_come_through_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through ``sam2-service web``'s own parser: the client commands' ``--timeout`` default
+    (300 s) must not stand in for SAM2_WEB_TIMEOUT (before: every gateway waited 300 s)."""
+    from sam2_service.cli import parse_args
+
+    monkeypatch.setenv("SAM2_WEB_TIMEOUT", "3")
+    monkeypatch.setenv("SAM2_WEB_HEALTH_TIMEOUT", "1.5")
+    monkeypatch.delenv("SAM2_SERVICE_TIMEOUT", raising=False)
+    config = config_from_args(parse_args(["web", "--port", "9003"]))
+    assert (config.timeout, config.health_timeout, config.port) == (3.0, 1.5, 9003)
+    config = config_from_args(parse_args(["web", "--timeout", "7"]))
+    assert config.timeout == 7.0
+    monkeypatch.delenv("SAM2_WEB_TIMEOUT")
+    assert config_from_args(parse_args(["web"])).timeout == WebConfig().timeout
+
+
 def test_every_setting_is_in_the_docs_table() -> None:
     import dataclasses
     from pathlib import Path
@@ -122,6 +141,9 @@ class PngDaemon:
     async def embed(self, data: bytes) -> ImageRef:
         self.embeds += 1
         return ImageRef("ab" * 32, 150, 100)
+
+    async def info(self) -> dict:
+        return {"ok": True, "limits": {"maxPoints": 64}, "queue": {"maxQueue": 8}}
 
     async def request(self, message: dict) -> dict:
         self.requests.append(message)
@@ -185,3 +207,28 @@ def test_an_image_the_daemon_lost_is_embedded_again_once() -> None:
     assert fake.embeds == 2 and len(fake.requests) == 2
     fake, sent = click_and_wait(lost=2)  # lost again at once: an error, the session goes on
     assert sent[-1]["type"] == "error" and "no longer has the image" in sent[-1]["message"]
+
+
+def test_a_bug_while_handling_a_message_is_an_error_and_the_session_goes_on() -> None:
+    """The catch-all around each message: before, an exception escaped ``handle`` (as
+    Pillow's ValueError did) and the gateway closed the connection without a word."""
+    from sam2_service.wire.codecs import encode_png
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def go() -> bool:
+        fake = FakeClient(ZeroDivisionError("a bug"))
+        session = Session(WebConfig(), ImageUsers(fake), send)
+        session.client = fake
+        init = '{"type":"init","image":"%s"}' % data_url(encode_png(small_photo()))
+        kept = await session.handle(init) and await session.handle(init)
+        await session.close()
+        return kept
+
+    assert asyncio.run(go()) is True
+    assert [m["type"] for m in sent] == ["error", "image_loaded"], sent
+    assert sent[0]["message"].startswith("the gateway failed on this init message "
+                                         "(ZeroDivisionError: a bug)"), sent

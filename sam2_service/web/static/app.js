@@ -9,6 +9,14 @@ const PALETTE = [[30, 144, 255], [255, 133, 27], [177, 13, 201], [255, 220, 0],
 const MASK_ALPHA = 110;          // of 255: the overlay's opacity
 const LONG_PRESS_MS = 500;       // touch: longer than this = background point
 const RECONNECT_MAX_MS = 5000;
+const MAX_CLOSES_WHILE_LOADING = 3; // the image is not sent again after this many
+const HEALTH_EVERY_MS = 5000;
+const IDLE_CLOSE = 4000, MESSAGE_TOO_BIG = 1009; // WebSocket close codes (docs/web.md)
+const TOKEN = new URLSearchParams(location.search).get("token"); // --auth token
+const INSTANCE = document.querySelector('meta[name="sam2-instance"]')?.content;
+const FOREIGN = "the gateway at this address is not the one this page came from (it was " +
+                "restarted, or another program holds the port); nothing was sent to it. " +
+                "Reload the page to use it.";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -16,7 +24,8 @@ const els = {
   showMask: $("show-mask"), status: $("status"), session: $("session"), size: $("size"),
   object: $("object"), points: $("points"), score: $("score"), latency: $("latency"),
   reset: $("reset"), newObject: $("new-object"), clear: $("clear"),
-  download: $("download"), downloadLabels: $("download-labels"),
+  download: $("download"), downloadLabels: $("download-labels"), daemon: $("daemon"),
+  warning: $("warning"),
 };
 
 // Everything the page knows; exposed as window.sam2 for tests and the curious.
@@ -24,6 +33,12 @@ const S = {
   ws: null, sessionId: null, reconnectMs: 250,
   image: null,        // {dataUrl, width, height, element}
   loaded: false,      // the gateway has the image's embedding
+  pending: false,     // the image was sent and has no answer yet
+  failed: null,       // why the image did not load (the gateway's error), else null
+  closesWhileLoading: 0, gaveUp: null, // connections lost while the image was pending; why we stopped
+  idle: false,        // the gateway closed the session as idle: reconnect on the next action
+  foreign: false,     // the gateway at this address is not the one the page came from
+  health: null, maxPoints: null, // the last /health answer; the daemon's limits.maxPoints
   points: [],         // [{x, y, label}] of the current object, image pixels
   current: null,      // {mask: Uint8Array, layer: canvas, png: base64, score}
   objects: [],        // finished objects: [{mask, layer, color}]
@@ -40,35 +55,77 @@ function color() { return PALETTE[S.objects.length % PALETTE.length]; }
 
 // ---- WebSocket ---------------------------------------------------------------------------
 
+function withToken(path) {
+  return TOKEN ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}` : path;
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/realtime`);
+  const ws = new WebSocket(`${scheme}://${location.host}${withToken("/ws/realtime")}`);
   S.ws = ws;
+  S.idle = false;
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
-  ws.onclose = () => {
+  ws.onclose = (event) => {
     if (S.ws !== ws) return;
-    S.loaded = false;
-    S.sessionId = null;
+    const wasPending = S.pending;
+    Object.assign(S, { loaded: false, pending: false, sessionId: null });
     els.session.textContent = "–";
-    setStatus(`disconnected; reconnecting in ${(S.reconnectMs / 1000).toFixed(1)} s…`, true);
+    if (S.foreign) return;
+    if (event.code === IDLE_CLOSE) {
+      S.idle = true;
+      setStatus("the gateway closed this idle session; click or open an image to reconnect");
+      return;
+    }
+    if (wasPending) noteLostImage(event.code);
+    const why = S.gaveUp ? `${S.gaveUp}; ` : "";
+    setStatus(`${why}disconnected; reconnecting in ${(S.reconnectMs / 1000).toFixed(1)} s…`, true);
     setTimeout(connect, S.reconnectMs);
     S.reconnectMs = Math.min(S.reconnectMs * 2, RECONNECT_MAX_MS);
   };
 }
 
-function send(message) {
-  if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(message));
+/** The connection closed while the image was loading: stop sending it when that repeats. */
+function noteLostImage(code) {
+  S.closesWhileLoading += 1;
+  if (code === MESSAGE_TOO_BIG) {
+    S.gaveUp = "the image is larger than the gateway accepts (--max-message-mb); it is not sent again";
+  } else if (S.closesWhileLoading >= MAX_CLOSES_WHILE_LOADING) {
+    S.gaveUp = `the gateway closed the connection ${S.closesWhileLoading} times while loading ` +
+               "this image; it is not sent again (open another image, or reload the page)";
+  }
+}
+
+function reconnectIfIdle() {
+  if (!S.idle) return false;
+  setStatus("reconnecting…");
+  connect();
+  return true;
+}
+
+function send(message) { // true if it went out
+  if (!S.ws || S.ws.readyState !== WebSocket.OPEN) return false;
+  S.ws.send(JSON.stringify(message));
+  return true;
 }
 
 const handlers = {
   session_created(m) {
+    if (INSTANCE && m.instance !== INSTANCE) { // another start of the gateway, or another program
+      S.foreign = true;
+      S.ws.close();
+      setStatus(FOREIGN, true);
+      return;
+    }
     S.sessionId = m.session_id;
     S.reconnectMs = 250;
     els.session.textContent = m.session_id;
-    if (S.image) sendImage(); else setStatus("connected; open an image");
+    pollHealth();
+    if (S.image && !S.gaveUp) sendImage();
+    else if (S.gaveUp) setStatus(S.gaveUp, true);
+    else sayDaemon();
   },
   image_loaded(m) {
-    S.loaded = true;
+    Object.assign(S, { loaded: true, pending: false, failed: null, closesWhileLoading: 0 });
     setStatus(`image ready (${m.width}×${m.height}); click on an object`);
     for (const p of S.points) send({type: "click", x: p.x, y: p.y, label: p.label}); // after a reconnect
     if (S.points.length) S.clickTime = performance.now();
@@ -77,7 +134,10 @@ const handlers = {
   point_added(m) { els.points.textContent = String(m.total_points); },
   segmentation_result(m) { showResult(m); },
   points_cleared() {},
-  error(m) { setStatus(m.message, true); },
+  error(m) {
+    if (S.pending) { S.pending = false; S.failed = m.message; } // the image's answer
+    setStatus(m.message, true);
+  },
 };
 
 function onMessage(m) {
@@ -85,11 +145,46 @@ function onMessage(m) {
   if (handler) handler(m); else console.warn("unknown message", m);
 }
 
-function sendImage() {
-  S.loaded = false;
-  setStatus("sending the image; the model computes its embedding…");
-  send({type: "init", image: S.image.dataUrl});
+function sendImage(status = "sending the image; the model computes its embedding…", isError = false) {
+  Object.assign(S, { loaded: false, failed: null });
+  setStatus(status, isError);
+  S.pending = send({type: "init", image: S.image.dataUrl}); // else sent on the next connection
   updateControls();
+}
+
+// ---- the daemon's state (/health) ----------------------------------------------------------
+
+/** true or false from the last /health answer, null before one came. */
+function daemonUp() { return S.health ? Boolean(S.health.daemon?.reachable) : null; }
+
+/** The status line when no image is open: connected, and whether the daemon answers. */
+function sayDaemon() {
+  if (daemonUp() === false) {
+    setStatus("connected to the gateway, but the daemon is down (see Daemon); start it with " +
+              "`make run`", true);
+  } else setStatus("connected; open an image");
+}
+
+async function pollHealth() {
+  let body = null;
+  try {
+    body = await (await fetch(withToken("/health"), { cache: "no-store" })).json();
+  } catch {
+    els.daemon.textContent = "unknown: the gateway does not answer";
+    return;
+  }
+  const was = daemonUp();
+  S.health = body;
+  const d = body.daemon || {};
+  S.maxPoints = d.limits?.maxPoints ?? S.maxPoints;
+  els.daemon.textContent = d.reachable ? `up (${d.model ?? "?"} on ${d.device ?? "?"})`
+                                       : `down: ${d.error ?? "not reachable"}`;
+  els.daemon.classList.toggle("error", !d.reachable);
+  els.warning.textContent = d.warning ?? "";
+  els.warning.hidden = !d.warning;
+  if (was === daemonUp() || !S.sessionId) return; // say it when it changes
+  if (!S.image) sayDaemon();
+  else if (d.reachable && S.failed && !S.gaveUp) sendImage("the daemon is back; sending the image again…");
 }
 
 // ---- masks ---------------------------------------------------------------------------------
@@ -212,9 +307,30 @@ function toImagePixel(event) {
   return { x: Math.min(width - 1, Math.max(0, x)), y: Math.min(height - 1, Math.max(0, y)) };
 }
 
+/** Why the image is not ready yet, for a click that came too early. */
+function notLoadedWhy() {
+  if (!S.sessionId) return "not connected to the gateway (reconnecting); the image is sent once it is";
+  if (daemonUp() === false) {
+    return `the daemon is down (${S.health.daemon.error ?? "not reachable"}); the image is ` +
+           "sent again once it is back";
+  }
+  return "the image is still loading";
+}
+
 function addPoint(event, label) {
-  if (!S.image) return;
-  if (!S.loaded) { setStatus("wait: the image is still loading", true); return; }
+  if (S.foreign) { setStatus(FOREIGN, true); return; }
+  if (!S.image || reconnectIfIdle()) return;
+  if (S.gaveUp) { setStatus(S.gaveUp, true); return; }
+  if (S.failed && S.sessionId) {
+    sendImage(`the image did not load (${S.failed}); sending it again…`, true);
+    return;
+  }
+  if (!S.loaded) { setStatus(`wait: ${notLoadedWhy()}`, true); return; }
+  if (S.maxPoints && S.points.length >= S.maxPoints) {
+    setStatus(`this object has ${S.points.length} points, the daemon's limit (maxPoints); ` +
+              "reset the points or start a new object", true);
+    return;
+  }
   const { x, y } = toImagePixel(event);
   S.points.push({ x, y, label });
   S.clickTime = performance.now();
@@ -269,7 +385,10 @@ async function openFile(file) {
     c.getContext("2d").drawImage(element, 0, 0);
     dataUrl = c.toDataURL("image/png");
   }
+  if (S.foreign) { setStatus(FOREIGN, true); return; }
   clearImage(false);
+  Object.assign(S, { gaveUp: null, closesWhileLoading: 0 });
+  reconnectIfIdle();
   S.image = { dataUrl, width: element.naturalWidth, height: element.naturalHeight, element, name: file.name };
   els.image.width = S.image.width; els.image.height = S.image.height;
   els.image.getContext("2d").drawImage(element, 0, 0);
@@ -293,6 +412,7 @@ function resetPoints() {
   S.points = []; S.current = null;
   send({ type: "reset" });
   els.score.textContent = "–";
+  setStatus("points cleared; click on the object");
   draw(); updateControls();
 }
 
@@ -311,20 +431,12 @@ function download(href, name) {
 
 function stem() { return (S.image.name || "image").replace(/\.[^.]*$/, ""); }
 
-function downloadLabels() {
+async function downloadLabels() { // greyscale: 8-bit up to 255 objects, else 16-bit
   const { width, height } = S.image;
-  const c = document.createElement("canvas");
-  c.width = width; c.height = height;
-  const ctx = c.getContext("2d");
-  const data = ctx.createImageData(width, height);
   const masks = [...S.objects, S.current].filter(Boolean).map((o) => o.mask);
-  for (let i = 0; i < width * height; i++) {
-    let label = 0;
-    masks.forEach((m, k) => { if (m[i]) label = k + 1; }); // later objects on top
-    data.data.set([label, label, label, 255], 4 * i);
-  }
-  ctx.putImageData(data, 0, 0);
-  download(c.toDataURL("image/png"), `${stem()}-labels.png`);
+  const url = URL.createObjectURL(await window.sam2png.labelPng(masks, width, height));
+  download(url, `${stem()}-labels.png`);
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 els.file.addEventListener("change", () => openFile(els.file.files[0]));
@@ -345,5 +457,9 @@ els.download.addEventListener("click", () =>
   download("data:image/png;base64," + S.current.png, `${stem()}-mask.png`));
 els.downloadLabels.addEventListener("click", downloadLabels);
 
+document.addEventListener("keydown", reconnectIfIdle);
+
 updateControls();
 connect();
+pollHealth();
+setInterval(pollHealth, HEALTH_EVERY_MS);
