@@ -109,12 +109,13 @@ class InfoRequest:
 #: Every typed request :func:`parse_request` returns.
 Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest,
                 AutoRequest]
-OPS = ("segment", "embed", "release", "ping", "info", "auto")
 #: op name -> the request type :func:`parse_request` makes of it (a handler table's keys).
 REQUEST_TYPES: dict[str, type] = {
     "segment": SegmentRequest, "embed": EmbedRequest, "release": ReleaseRequest,
     "ping": PingRequest, "info": InfoRequest, "auto": AutoRequest,
 }
+#: The op names, in the order an ``unknown_op`` error lists them.
+OPS = tuple(REQUEST_TYPES)
 
 
 def new_request_id() -> str:

@@ -469,3 +469,21 @@ def test_an_image_read_before_the_job_is_not_read_again(monkeypatch):
     out, emb = run(main())
     assert out.image_id == emb.image_id == image.image_id == image_id(base64.b64decode(text))
     assert emb.cached and out.timings["decode"] >= image.read_ms
+
+
+@pytest.mark.parametrize("index", [0, 2, None])
+def test_host_logits_of_a_tensor_equal_those_of_an_array(index):
+    """:meth:`MaskSet.host_logits` reads logits left on the model's device (a torch tensor)
+    as it reads host ones: 1x256x256 float32, a copy; None is the element-wise maximum."""
+    torch = pytest.importorskip("torch")
+    from sam2_service.daemon.inference.engine import MaskSet
+
+    logits = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)
+    masks, scores = np.zeros((3, 4, 4), bool), np.zeros(3, np.float32)
+    on_host = MaskSet(masks, scores, logits, 0.0).host_logits(index)
+    on_device = MaskSet(masks, scores, torch.from_numpy(logits.copy()), 0.0).host_logits(index)
+    want = logits.max(0) if index is None else logits[index]
+    for got in (on_host, on_device):
+        assert got.shape == (1, 256, 256) and got.dtype == np.float32
+        np.testing.assert_array_equal(got[0], want)
+    assert not np.shares_memory(on_host, logits)

@@ -1,10 +1,10 @@
 """The inference worker: the model's jobs on one dedicated thread, with the embedding cache.
 
-Everything slow for one request (base64 and image decoding, unless the device pool did
-it to choose a device; image encoding; mask prediction) runs on that thread, so the asyncio
-loop never blocks and
-SAM2's predictor, which keeps the current image's embedding as state, is only ever touched
-by one thread. The thread, its bounded queue, deadlines and shutdown are
+Everything slow for one request (base64 decoding and hashing, unless the device pool did
+them, on a thread of its own, to choose a device; image decoding; image encoding; mask
+prediction) runs on that thread, so the asyncio loop never blocks and SAM2's predictor,
+which keeps the current image's embedding as state, is only ever touched by one thread.
+The thread, its bounded queue, deadlines, queue time and shutdown are
 :class:`~sam2_service.daemon.inference.thread.InferenceThread`'s; this module holds the jobs.
 """
 
@@ -73,8 +73,8 @@ class SegmentOutcome:
             (image embedding; 0 when cached), ``predict`` (SAM2's ``predict``),
             ``queue`` (waiting for the inference thread).
         predicted: all of SAM2's masks (NxHxW bool), their scores (N float32) and their
-            low-resolution logits, these left on the model's device
-            (:class:`~sam2_service.daemon.inference.engine.MaskSet`).
+            low-resolution logits, these left where the engine produced them (copied to host
+            memory only when kept; :class:`~sam2_service.daemon.inference.engine.MaskSet`).
         mask: the top-level mask, HxW bool, True on the object: the best-scoring of
             ``predicted``, or for ``boxes`` the union of the boxes' masks. The wire encoding
             is made by :mod:`sam2_service.daemon.serving.dispatch`.
