@@ -283,6 +283,7 @@ class InferenceWorker(InferenceThread):
         extended request their logits kept under new maskIds (:meth:`_keep`)."""
         timings = {"decode": 0.0, "encode": 0.0}
         check = functools.partial(validate, request)
+        mask_logits = None
         if request.image_id is not None:
             t0 = time.perf_counter()
             image_id = request.image_id
@@ -298,11 +299,12 @@ class InferenceWorker(InferenceThread):
             image_id = image.image_id
             timings["decode"] = image.read_ms
             if request.mask_input is not None:  # fail before a costly image encoding
-                self._mask_logits(request.mask_input, image_id)
+                mask_logits = self._mask_logits(request.mask_input, image_id)
             emb, cached, prompts = self._embedding(image, check, timings)
         if request.mask_input is not None:
-            prompts = dataclasses.replace(
-                prompts, mask_input=self._mask_logits(request.mask_input, image_id))
+            if mask_logits is None:
+                mask_logits = self._mask_logits(request.mask_input, image_id)
+            prompts = dataclasses.replace(prompts, mask_input=mask_logits)
         predicted = self.engine.predict_all(emb, prompts)
         timings["predict"] = predicted.predict_ms
         return self._outcome(request, emb.orig_hw, predicted, image_id, cached, timings)
