@@ -36,13 +36,14 @@ from sam2_service.client import (
     prepare_image,
 )
 from sam2_service.client.connection import connect_failure, start_hint
-from sam2_service.client.ops import Run, Send, Work, segment_steps
+from sam2_service.client.ops import segment_steps
 from sam2_service.client.overlay import BOX_COLOR
 from sam2_service.wire.auto import encode_labels
 from sam2_service.wire.codecs import encode_mask_as, encode_png
 from sam2_service.wire.frames import DEFAULT_SOCKET, FrameDecoder, decode_message, encode_message
 from sam2_service.wire.limits import DEFAULT_MAX_IMAGE_PIXELS
 
+from ..client_steps import drive
 from ..squatter import silent_listener
 
 H, W = 40, 60
@@ -380,19 +381,6 @@ def test_prepare_image_refuses_from_the_header():
     memo.max_image_pixels = 99
     with pytest.raises(ImageTooLargeError, match="limit of 99 pixels"):
         memo.prepare(np.zeros((10, 10), np.uint8))
-
-
-def drive(steps, answer):
-    """Carry ``steps`` out: Work inline, each Send answered by ``answer(message)``."""
-    sent, run = [], Run(steps)
-    while not run.done:
-        if isinstance(run.step, Send):
-            sent.append(run.step.message)
-            run.send(answer(run.step.message))
-        else:
-            assert isinstance(run.step, Work)
-            run.send(run.step.run())
-    return run.result, sent
 
 
 def answer(limit: int) -> Callable[[dict], dict]:

@@ -23,8 +23,10 @@ from sam2_service.client import (
     prepare_image,
 )
 from sam2_service.client.connection import exchange_failed
-from sam2_service.client.ops import Operations, Run, Send, Work, embed_steps, release_steps, segment_steps
+from sam2_service.client.ops import Operations, embed_steps, release_steps, segment_steps
 from sam2_service.wire.codecs import encode_mask_as
+
+from ..client_steps import drive
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 
@@ -34,21 +36,6 @@ def mask_reply(request: dict) -> dict:
     return {"requestId": request["requestId"], "maskWidth": 8, "maskHeight": 6,
             "maskBase64": value, "score": 0.5, "imageId": prepare_image(IMAGE).image_id,
             "cached": False, "inferenceTimeMs": 1.0}
-
-
-def drive(steps, answer):
-    """Carry ``steps`` out as a transport would: Work inline, each Send answered by
-    ``answer(message)``. Returns (result, the messages sent)."""
-    sent = []
-    run = Run(steps)
-    while not run.done:
-        if isinstance(run.step, Send):
-            sent.append(run.step.message)
-            run.send(answer(run.step.message))
-        else:
-            assert isinstance(run.step, Work)
-            run.send(run.step.run())
-    return run.result, sent
 
 
 def test_both_transports_share_each_operation():
