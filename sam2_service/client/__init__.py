@@ -35,10 +35,11 @@ from .core import (
     parse_segment_response,
     prepare_image,
 )
+from .errors import ClientTimeout
 from .sync import Client
 
 __all__ = ["AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
-           "Client", "ClientError", "DEFAULT_TIMEOUT", "ImageInput", "ImageMemo", "ImageRef",
+           "Client", "ClientError", "ClientTimeout", "DEFAULT_TIMEOUT", "ImageInput", "ImageMemo", "ImageRef",
            "ImageTooLargeError", "ImageUnreadable",
            "MaskCandidate", "PointInput", "PreparedImage", "RequestFailed", "SegmentOptions",
            "SegmentResult", "build_embed_request", "build_segment_request", "check_response",

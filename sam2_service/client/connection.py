@@ -17,6 +17,7 @@ import time
 from ..wire.frames import DEFAULT_SOCKET, FrameDecoder
 from ..wire.peer import peer_uid
 from .core import ClientError, check_server_uid
+from .errors import ClientTimeout
 from .ops import Pause, Steps
 
 #: Largest reply frame the client accepts (an 8K mask is ~45 MB of base64).
@@ -121,11 +122,11 @@ class ReplyDecoder(FrameDecoder):
 
 def exchange_failed(exc: BaseException, timeout: float) -> ClientError:
     """The error a request raises when its exchange failed with ``exc`` (after which the
-    connection is closed): a :class:`~.core.ClientError` as it is, a timeout as "no reply
-    within ``timeout`` s", anything else (OSError, a bad frame) as "connection to daemon
-    failed"."""
+    connection is closed): a :class:`~.core.ClientError` as it is, a timeout as
+    :class:`~.errors.ClientTimeout` "no reply within ``timeout`` s", anything else (OSError,
+    a bad frame) as "connection to daemon failed"."""
     if isinstance(exc, ClientError):
         return exc
     if isinstance(exc, (socket.timeout, asyncio.TimeoutError)):
-        return ClientError(f"no reply within {timeout} s")
+        return ClientTimeout(f"no reply within {timeout} s")
     return ClientError(f"connection to daemon failed: {exc}")

@@ -9,6 +9,12 @@ class ClientError(Exception):
     """The daemon could not be reached, closed the connection, or sent a bad frame."""
 
 
+class ClientTimeout(ClientError):
+    """No reply came within the client's time-out (``no reply within N s``). A caller that
+    retries a failed request must not retry this one: the daemon may be stopped, and a retry
+    would make the caller wait twice."""
+
+
 class RequestFailed(ClientError):
     """The daemon answered with an error response.
 

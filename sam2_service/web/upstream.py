@@ -18,7 +18,7 @@ import contextlib
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-from ..client import AsyncClient, ClientError, RequestFailed
+from ..client import AsyncClient, ClientError, ClientTimeout, RequestFailed
 from ..client.interactive import error_text
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,8 @@ DEFAULT_MAX_QUEUE = 8
 
 def timed_out(exc: BaseException, elapsed: float, timeout: float) -> bool:
     """Whether the failed request ``exc`` ran out of time: it took ``timeout`` seconds or
-    more, or the client's "no reply within" error came from a time-out."""
-    return (elapsed >= timeout or isinstance(exc.__context__, TimeoutError)
-            or str(exc).startswith("no reply within"))
+    more, or it is the client's :class:`~sam2_service.client.ClientTimeout`."""
+    return elapsed >= timeout or isinstance(exc, ClientTimeout)
 
 
 async def once_more(call: Callable[[], Awaitable[T]], timeout: float) -> T:
@@ -67,7 +66,7 @@ class Gate:
         """Hold one place while the block runs; wait at most ``timeout`` seconds for it.
 
         Raises:
-            ClientError: no place came free within ``timeout`` ("no reply within", so it
+            ClientTimeout: no place came free within ``timeout`` (so it
                 counts as a time-out and is not tried again).
         """
         async with self._changed:
@@ -75,7 +74,7 @@ class Gate:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.busy < self.size),
                                        timeout)
             except asyncio.TimeoutError:
-                raise ClientError(f"no reply within {timeout} s: the daemon's queue stayed "
+                raise ClientTimeout(f"no reply within {timeout} s: the daemon's queue stayed "
                                   "full") from None
             self.busy += 1
         try:

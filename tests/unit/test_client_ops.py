@@ -106,3 +106,12 @@ def test_the_cli_uses_the_client_default_timeout(monkeypatch):
     assert DEFAULT_TIMEOUT == 300.0
     assert cli.parse_args(["ping"]).timeout == DEFAULT_TIMEOUT
     assert Client().timeout == AsyncClient().timeout == DEFAULT_TIMEOUT
+
+
+def test_a_time_out_is_its_own_client_error():
+    """A caller that retries failed requests (the gateway) tells a time-out by its type."""
+    from sam2_service.client import ClientTimeout
+
+    out = exchange_failed(socket.timeout(), 2.5)
+    assert isinstance(out, ClientTimeout) and str(out) == "no reply within 2.5 s"
+    assert type(exchange_failed(OSError("reset"), 2.5)) is ClientError
