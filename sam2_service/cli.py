@@ -84,6 +84,7 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds to wait for a reply, a number > 0 (env {TIMEOUT_ENV}, "
                              f"default {DEFAULT_TIMEOUT:g}; for auto, the daemon's "
                              "--auto-timeout and a margin)")
+    parser.set_defaults(client_command=True)  # parse_args applies the client's timeout rule
 
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -182,7 +183,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     variable's included), as argparse does."""
     parser = build_parser()
     ns = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
-    if not hasattr(ns, "timeout"):
+    if not getattr(ns, "client_command", False):  # serve, web, doctor, ...: their own settings
         return ns
     ns.timeout_given = ns.timeout is not None or bool(os.environ.get(TIMEOUT_ENV))
     if ns.timeout is None and ns.timeout_given:

@@ -79,18 +79,13 @@ def _meta(name: str) -> Mapping[str, Any]:
     return next(f.metadata for f in dataclasses.fields(WebConfig) if f.name == name)
 
 
-#: The prefix of the flags' ``dest``: the gateway's settings keep their own names in the
-#: namespace, so a command-wide ``timeout`` (the client commands') cannot stand in for one.
-DEST_PREFIX = "web_"
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per :class:`WebConfig` field to ``parser`` (default None: unset; ``dest``
-    :data:`DEST_PREFIX` + the field's name)."""
+    the field's name)."""
     for f in dataclasses.fields(WebConfig):
         meta = f.metadata
         default = f.default // _SCALED.get(f.name, 1) if f.name in _SCALED else f.default
-        parser.add_argument(meta["flag"], dest=DEST_PREFIX + f.name, type=meta["type"], default=None,
+        parser.add_argument(meta["flag"], dest=f.name, type=meta["type"], default=None,
                             metavar=meta["flag"][2:].upper().replace("-", "_"),
                             help=f"{meta['help']} (default {default}; env {meta['env']})")
 
@@ -105,7 +100,7 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str] | None = Non
     values: dict[str, Any] = {}
     for f in dataclasses.fields(WebConfig):
         meta, scale = f.metadata, _SCALED.get(f.name, 1)
-        raw = getattr(ns, DEST_PREFIX + f.name, None)
+        raw = getattr(ns, f.name, None)
         if raw is None and meta["env"] in env:
             try:
                 raw = meta["type"](env[meta["env"]])
