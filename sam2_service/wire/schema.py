@@ -170,9 +170,10 @@ def _parse_points(value: Any, max_points: int) -> tuple[Point, ...]:
 EXTENSION_FIELDS = ("maskEncoding", "multimask", "boxes", "maskInput")
 #: ``maskEncoding`` values (the keys of :data:`sam2_service.wire.codecs.MASK_ENCODINGS`).
 MASK_ENCODING_NAMES = ("raw", "rle", "png")
-#: Length of a ``maskId``: ``m`` and 32 hex characters (:func:`new_mask_id`); a longer
-#: ``maskInput`` is refused as it is parsed.
-MASK_ID_CHARS = 33
+#: Longest ``maskInput`` read: a longer one is refused as it is parsed (``invalid_request``);
+#: a shorter one naming no kept mask is ``unknown_mask``. A ``maskId`` is 33 characters
+#: (:func:`new_mask_id`); the bound leaves room for longer ids of later versions.
+MAX_MASK_INPUT_CHARS = 128
 
 
 def new_mask_id() -> str:
@@ -213,7 +214,7 @@ def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
     boxes = _parse_boxes(obj["boxes"], max_boxes) if "boxes" in obj else ()
     mask_input = obj.get("maskInput")
     if "maskInput" in obj and (not isinstance(mask_input, str) or not mask_input
-                               or len(mask_input) > MASK_ID_CHARS):
+                               or len(mask_input) > MAX_MASK_INPUT_CHARS):
         raise InvalidRequest("maskInput must be the maskId of an earlier reply on this image, "
                              f"got {type_name(mask_input)}", field="maskInput")
     if boxes:

@@ -18,7 +18,7 @@ from sam2_service.daemon.inference.worker import InferenceWorker
 from sam2_service.daemon.serving.dispatch import Dispatcher
 from sam2_service.wire.codecs import decode_any_mask, encode_mask
 from sam2_service.wire.errors import ERROR_CODES, InvalidRequest
-from sam2_service.wire.schema import MASK_ID_CHARS, BBox, parse_request, segment_response
+from sam2_service.wire.schema import MAX_MASK_INPUT_CHARS, BBox, new_mask_id, parse_request, segment_response
 from tests.fake_engine import FakeEngine
 from tests.unit.test_dispatch import answer, png
 
@@ -59,7 +59,8 @@ def test_any_new_field_makes_the_request_extended(fields):
 
 
 def test_new_fields_parse():
-    assert len(parse(seg(maskInput="m" + "0" * 32)).mask_input) == MASK_ID_CHARS
+    assert parse(seg(maskInput=(mask_id := new_mask_id()))).mask_input == mask_id
+    assert len(parse(seg(maskInput="m" * MAX_MASK_INPUT_CHARS)).mask_input) == MAX_MASK_INPUT_CHARS
     r = parse(seg(maskEncoding="png", multimask=True, maskInput="mabc"))
     assert (r.mask_encoding, r.multimask, r.mask_input) == ("png", True, "mabc")
     r = parse(seg(boxes=[BOX, {"x1": 1, "y1": 2.5, "x2": 3, "y2": 4}]))
@@ -72,7 +73,7 @@ def test_new_fields_parse():
     ({"multimask": 1}, "multimask", "true or false"),
     ({"maskInput": ""}, "maskInput", ""),
     ({"maskInput": 5}, "maskInput", ""),
-    ({"maskInput": "m" + "0" * 33}, "maskInput", "maskId"),  # longer than any maskId
+    ({"maskInput": "m" * (MAX_MASK_INPUT_CHARS + 1)}, "maskInput", "maskId"),  # too long to read
     ({"boxes": []}, "boxes", "non-empty"),
     ({"boxes": BOX}, "boxes", ""),
     ({"boxes": [BOX, 3]}, "boxes[1]", ""),
