@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)' )'torch>=2.5.1' 'torchvision>=0.20.1'
 	SAM2_BUILD_CUDA=0 $(PIP) install --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
-	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,web,napari,test]'
+	$(PIP) install --disable-pip-version-check --no-build-isolation -e '.[daemon,web,napari,batch,video,test]'
 	$(PY) -c 'from sam2_service.daemon.ops.doctor import install_check; raise SystemExit(install_check())'
 	touch $(STAMP)
 
