@@ -123,14 +123,22 @@ def new_request_id() -> str:
     return "srv-" + uuid.uuid4().hex[:16]
 
 
+#: Longest ``requestId`` echoed and logged; a longer one is ``invalid_request`` (answered
+#: under a made-up id), so that a client cannot make every reply and log line megabytes long.
+MAX_REQUEST_ID_CHARS = 256
+
+
 def read_request_id(obj: Any) -> str:
-    """The request's ``requestId`` if it is a non-empty string, else a made-up one
-    (:func:`new_request_id`, a new one each call: read it once per request).
+    """The request's ``requestId`` if it is a string of 1 to :data:`MAX_REQUEST_ID_CHARS`
+    characters, else a made-up one (:func:`new_request_id`, a new one each call: read it once
+    per request).
 
     Never raises: this is what error responses carry, even for requests that fail to parse.
     """
     rid = obj.get("requestId") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) and rid else new_request_id()
+    if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
+        return rid
+    return new_request_id()
 
 
 def _parse_bbox(value: Any) -> BBox | None:
@@ -205,8 +213,9 @@ def _extensions(obj: dict[str, Any], max_boxes: int) -> dict[str, Any]:
         return {}
     encoding = obj.get("maskEncoding", "raw")
     if encoding not in MASK_ENCODING_NAMES:
+        got = repr(encoding[:32]) if isinstance(encoding, str) else type_name(encoding)
         raise InvalidRequest(f"maskEncoding must be one of {', '.join(MASK_ENCODING_NAMES)}, "
-                             f"got {str(encoding)[:32]!r}", field="maskEncoding")
+                             f"got {got}", field="maskEncoding")
     multimask = obj.get("multimask", False)
     if not isinstance(multimask, bool):
         raise InvalidRequest(f"multimask must be true or false, got {type_name(multimask)}",
@@ -275,13 +284,17 @@ def parse_request(obj: dict[str, Any], *, max_points: int, max_boxes: int = 64,
 
     Raises:
         UnknownOp: ``op`` is a string other than those in :data:`OPS`.
-        InvalidRequest: a field is missing or has the wrong type; the message names it.
+        InvalidRequest: a field is missing or has the wrong type (``requestId`` too: a string
+            of at most :data:`MAX_REQUEST_ID_CHARS` characters); the message names it.
     """
     if request_id is None:
         request_id = read_request_id(obj)
     if "requestId" in obj and not isinstance(obj["requestId"], str):
         raise InvalidRequest(f"requestId must be a string, got {type_name(obj['requestId'])}",
                              field="requestId")
+    if len(obj.get("requestId", "")) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(f"requestId has {len(obj['requestId'])} characters, more than the "
+                             f"limit of {MAX_REQUEST_ID_CHARS}", field="requestId")
     op = obj.get("op", "segment")
     if not isinstance(op, str):
         raise InvalidRequest(f"op must be a string, got {type_name(op)}", field="op")

@@ -542,12 +542,27 @@ def test_request_id_not_a_string_gets_made_up_id(daemon, rid):
     assert_error(reply, "invalid_request", None, "requestId")
 
 
-@pytest.mark.parametrize("rid", ["x" * 1_000_000, "é\n\t\u2028\"\\ \U0001f600", " "], ids=["1MB", "unicode", "space"])
+@pytest.mark.parametrize("rid", ["x" * 256, "é\n\t\u2028\"\\ \U0001f600", " "], ids=["longest", "unicode", "space"])
 def test_string_request_id_echoed_exactly(daemon, rid):
     replies = ask(daemon, jframe({"op": "ping", "requestId": rid}),
                   jframe({"op": "explode", "requestId": rid}))
     assert replies[0] == {"requestId": rid, "ok": True}
     assert_error(replies[1], "unknown_op", rid)
+
+
+@pytest.mark.parametrize("op", ["ping", "segment", "explode"])
+def test_over_long_request_id_is_refused_not_echoed_nor_logged(daemon, op):
+    """An 8 MB requestId was echoed and logged whole (8.4 MB a log line): now invalid_request
+    under a made-up id, and the log keeps no trace of the id's text."""
+    marker = "q7Zlong" * 1_200_000  # 8.4 MB
+    before = daemon.log_path.stat().st_size
+    replies = ask(daemon, jframe({"op": op, "requestId": marker, "width": W, "height": H}))
+    assert_error(replies[0], "invalid_request", None, "requestId", "more than the limit of 256")
+    assert len(orjson.dumps(replies[0])) < 1000
+    with open(daemon.log_path, "rb") as log:
+        log.seek(before)
+        written = log.read()
+    assert written and b"q7Zlong" not in written
 
 
 def test_empty_string_request_id_gets_a_made_up_one(daemon):

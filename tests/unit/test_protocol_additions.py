@@ -69,7 +69,8 @@ def test_new_fields_parse():
 
 @pytest.mark.parametrize("fields,field,says", [
     ({"maskEncoding": "jpeg"}, "maskEncoding", "raw, rle, png"),
-    ({"maskEncoding": None}, "maskEncoding", ""),
+    ({"maskEncoding": None}, "maskEncoding", "got null"),  # not 'None', Python's name
+    ({"maskEncoding": 3}, "maskEncoding", "got int"),
     ({"multimask": 1}, "multimask", "true or false"),
     ({"maskInput": ""}, "maskInput", ""),
     ({"maskInput": 5}, "maskInput", ""),

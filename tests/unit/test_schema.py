@@ -121,6 +121,17 @@ def test_request_id_not_a_string_on_ping():
     invalid({"op": "ping", "requestId": 7}, "requestId")
 
 
+def test_request_id_longest_accepted():
+    assert parse({"op": "ping", "requestId": "r" * 256}) == PingRequest("r" * 256)
+
+
+@pytest.mark.parametrize("op", ["ping", "segment"])
+def test_request_id_too_long(op):
+    err = invalid(seg(op=op, requestId="r" * 257), "requestId")
+    assert "257 characters" in err.message and "256" in err.message
+    assert SRV_ID.match(read_request_id({"requestId": "r" * 257}))  # never echoed
+
+
 # --- width / height ---------------------------------------------------------------------
 
 
