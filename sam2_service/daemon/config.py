@@ -179,6 +179,17 @@ class ServiceConfig:
                                          "masks whose 256x256 low-resolution logits are kept "
                                          "for refinement (maskInput), 256 KiB each in host "
                                          "memory; 0 keeps none", type=int)
+    max_request_bytes: int = _setting(2048 * 2**20, "--max-request-mb",
+                                      "SAM2_SERVICE_MAX_REQUEST_MB",
+                                      "working memory one request may take, estimated from "
+                                      "pixels x masks before any work (MB); a segment request "
+                                      "above it is refused (request_too_large), an auto request "
+                                      "runs fewer grid points per step to fit", type=int,
+                                      scale=2**20)
+    max_reply_bytes: int = _setting(256 * 2**20, "--max-reply-mb", "SAM2_SERVICE_MAX_REPLY_MB",
+                                    "largest reply built (MB); a request whose reply would be "
+                                    "larger is refused (reply_too_large), raw masks before "
+                                    "any work", type=int, scale=2**20)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -192,7 +203,8 @@ class ServiceConfig:
         for name in ("log_max_bytes", "max_frame_bytes", "max_image_pixels", "max_points",
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
                      "max_connections", "max_buffered_bytes", "write_timeout",
-                     "json_thread_bytes", "auto_timeout", "auto_step_points"):
+                     "json_thread_bytes", "auto_timeout", "auto_step_points",
+                     "max_request_bytes", "max_reply_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:

@@ -27,6 +27,8 @@ ERROR_CODES: Final = frozenset(
         "timeout",  # no reply within request_timeout of the request's arrival
         "shutting_down",  # the daemon is stopping; the request was accepted but not run
         "out_of_memory",  # the device ran out of memory; caches were freed, try again
+        "request_too_large",  # pixels x masks would take more than max_request_bytes
+        "reply_too_large",  # the reply would be larger than max_reply_bytes
         "internal",  # a bug or an unexpected failure inside the daemon
     }
 )
@@ -117,6 +119,19 @@ class OutOfMemory(ServiceError):
     """The model's device ran out of memory (``torch.OutOfMemoryError``)."""
 
     code = "out_of_memory"
+
+
+class RequestTooLarge(ServiceError):
+    """The request's working memory, estimated from pixels x masks before any work, is
+    above ``--max-request-mb`` (:mod:`sam2_service.daemon.inference.budget`)."""
+
+    code = "request_too_large"
+
+
+class ReplyTooLarge(ServiceError):
+    """The request's reply would be larger than ``--max-reply-mb``; it is never built."""
+
+    code = "reply_too_large"
 
 
 class InternalError(ServiceError):

@@ -66,10 +66,11 @@ class AutoRunner:
         self.running: dict[int, AutoProgress] = {}
 
     async def run(self, request: AutoRequest, deadline: float,
-                  image: ImageBytes | None = None) -> AutoOutcome:
+                  image: ImageBytes | None = None, step_points: int | None = None) -> AutoOutcome:
         """Answer ``request`` by ``deadline`` (``time.monotonic()``); ``image`` is its
         ``imageBase64`` already read (the device pool's), or None to read it in its first
-        step.
+        step; ``step_points``: at most this many grid points a step (None:
+        ``self.step_points``; fewer for a large image, to bound its working memory).
 
         Raises:
             InvalidRequest: imageId with tiling or crops, size mismatch, too many labels.
@@ -86,7 +87,8 @@ class AutoRunner:
                                    timings, "generate", deadline=deadline)
             tiles = (tile_grid(hw[0], hw[1], request.tile_shape, request.halo)
                      if request.tile_shape else tile_grid(hw[0], hw[1], hw, (0, 0)))
-            plans = [gen.plan(t.outer[1] - t.outer[0], t.outer[3] - t.outer[2], self.step_points)
+            step = min(self.step_points, step_points or self.step_points)
+            plans = [gen.plan(t.outer[1] - t.outer[0], t.outer[3] - t.outer[2], step)
                      for t in tiles]
             progress.total = sum(len(p) + sum(len(c.batches) for c in p) for p in plans)
             results = []

@@ -50,6 +50,7 @@ from ...wire.schema import (
 )
 from ..auto.runner import AutoProgress, AutoRunner
 from ..config import ServiceConfig
+from ..inference.budget import RequestBudget, encoded_chars
 from ..inference.cache import CacheStats
 from ..inference.devices import DeviceInfo, DevicePool
 from ..inference.engine import EngineInfo
@@ -71,6 +72,10 @@ MAX_OTHER_COMMAS = 64
 #: docs/protocol.md).
 FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId")
 
+#: Characters an auto reply's table entry takes at most (id, area, bbox, scores as JSON),
+#: for its size check against ``--max-reply-mb``.
+AUTO_LABEL_CHARS = 256
+
 Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
 
 
@@ -89,6 +94,8 @@ class Dispatcher:
         self.pool = worker if isinstance(worker, DevicePool) else DevicePool([worker])
         #: The first device's worker: what ``info``'s top-level fields describe.
         self.worker = self.pool.workers[0]
+        #: ``--max-request-mb`` and ``--max-reply-mb``, checked before each request's work.
+        self.budget = RequestBudget(config.max_request_bytes, config.max_reply_bytes)
         #: request type -> handler(request, arrived); the one routing table.
         self.handlers: dict[type, Handler] = {
             PingRequest: self._ping,
@@ -180,14 +187,15 @@ class Dispatcher:
         event(log, "Received request", requestId=request.request_id,
               hasBbox=request.bbox is not None, points=len(request.points),
               imageChars=len(request.image_base64 or ""), imageId=request.image_id)
+        self.budget.check_segment(request)
         async with self.pool.worker_for(request) as (worker, image):
             out = await worker.segment(request, arrived + self.config.request_timeout, image)
         t0 = time.perf_counter()
         encode = _encode_extended if request.extended else _encode_plain
         if out.mask.size * (1 + len(out.entries)) > MASK_THREAD_PIXELS:
-            encoded = await asyncio.to_thread(encode, out, request.mask_encoding)
+            encoded = await asyncio.to_thread(encode, out, request.mask_encoding, self.budget)
         else:
-            encoded = encode(out, request.mask_encoding)
+            encoded = encode(out, request.mask_encoding, self.budget)
         timings = {**out.timings, "mask": (time.perf_counter() - t0) * 1000}
         timings["total"] = (time.monotonic() - arrived) * 1000
         extended = dict(maskEncoding=request.mask_encoding, masks=len(out.entries),
@@ -219,10 +227,13 @@ class Dispatcher:
         event(log, "Received request", requestId=request.request_id, op="auto",
               tileShape=request.tile_shape, halo=request.halo, imageId=request.image_id,
               imageChars=len(request.image_base64 or ""))
+        step_points = self.budget.auto_step_points(request, self.config.auto_step_points)
         async with self.pool.worker_for(request) as (worker, image):
             out = await self.auto_runners[worker].run(request, arrived + self.config.auto_timeout,
-                                                      image)
+                                                      image, step_points=step_points)
         labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
+        self.budget.check_reply(len(labels_base64) + AUTO_LABEL_CHARS * len(out.table),
+                                hint="tile the image or raise the filters' thresholds")
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         h, w = out.labels.shape
         event(log, "Auto complete", requestId=request.request_id, labels=len(out.table),
@@ -240,19 +251,33 @@ class Dispatcher:
             [p for r in self.auto_runners.values() for p in r.running.values()])
 
 
-def _encode_plain(out: SegmentOutcome, encoding: str) -> str:
-    """The plain reply's ``maskBase64`` (``encoding`` is not used: it is always raw)."""
+def _encode_plain(out: SegmentOutcome, encoding: str, budget: RequestBudget) -> str:
+    """The plain reply's ``maskBase64`` (``encoding`` is not used: it is always raw, and its
+    size was checked against ``budget`` before the work)."""
     return encode_mask(out.mask)
 
 
-def _encode_extended(out: SegmentOutcome, encoding: str
+def _encode_extended(out: SegmentOutcome, encoding: str, budget: RequestBudget
                      ) -> tuple[tuple[str, Any], list[dict[str, Any]]]:
     """The top-level mask of ``out`` as ``(reply key, value)`` in ``encoding``, and the
-    :func:`mask_entry` of each of its entries (candidates or boxes, in reply order)."""
+    :func:`mask_entry` of each of its entries (candidates or boxes, in reply order).
+
+    Raises:
+        ReplyTooLarge: the masks encoded so far add up to more than ``--max-reply-mb``
+            (counted mask by mask, so the rest are not encoded).
+    """
+    meter = budget.meter()
+
+    def counted(mask: Any) -> tuple[str, Any]:
+        encoded = encode_mask_as(mask, encoding)
+        meter.add(encoded_chars(encoded[1]))
+        return encoded
+
     masks, scores = out.predicted.masks, out.predicted.scores
-    entries = [mask_entry(float(scores[i]), encode_mask_as(masks[i], encoding), mask_id)
+    top = counted(out.mask)
+    entries = [mask_entry(float(scores[i]), counted(masks[i]), mask_id)
                for i, mask_id in out.entries]
-    return encode_mask_as(out.mask, encoding), entries
+    return top, entries
 
 
 def _segment_reply(request: SegmentRequest, out: SegmentOutcome, encoded: Any,
@@ -292,7 +317,9 @@ def info_response(request_id: str, config: ServiceConfig, engine: EngineInfo, ca
                    "autoTimeout": cfg.auto_timeout, "autoStepPoints": cfg.auto_step_points,
                    "maxConnections": cfg.max_connections,
                    "maxBufferedBytes": cfg.max_buffered_bytes,
-                   "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes},
+                   "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes,
+                   "maxRequestBytes": cfg.max_request_bytes,
+                   "maxReplyBytes": cfg.max_reply_bytes},
         "maskEncodings": list(MASK_ENCODINGS),
         "features": list(FEATURES),
         "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total} for p in auto],
