@@ -63,8 +63,9 @@ web: install
 napari: install
 	SAM2_SERVICE_SOCKET=$(SOCKET) $(VENV)/bin/napari
 
+# --durations: the slowest tests at the end of the log, where CI's time goes
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # ruff with the rules in pyproject.toml ([tool.ruff]); part of `make test`
 lint: install
