@@ -129,3 +129,31 @@ def test_property_bytes_never_exceed_capacity_and_match_entries(cap, ops):
             ref.pop(key, None)
         assert c.stats().bytes == sum(ref.values()) <= cap
         assert len(c) == len(ref)
+
+
+def test_a_derived_entry_never_evicts_an_image_entry():
+    """auto's crop and tile embeddings (derived) use only room images do not need."""
+    c: EmbeddingCache[str] = EmbeddingCache(40)
+    assert c.put("a", M1, "A", 10) and c.put("b", M1, "B", 10)
+    assert c.put("a@1", M1, "crop1", 10, derived=True)
+    assert c.put("a@2", M1, "crop2", 10, derived=True)
+    assert not c.put("a@3", M1, "crop3", 25, derived=True)  # would need an image's room
+    assert c.get("a@3", M1) is None and c.get("a@1", M1) == "crop1"
+    assert c.put("a@4", M1, "crop4", 10, derived=True)  # evicts the oldest derived, a@2
+    assert c.get("a@2", M1) is None
+    assert [c.get(k, M1) for k in "ab"] == ["A", "B"]
+    assert len(c) == 4 and c.stats().evictions == 1
+
+
+def test_an_image_entry_evicts_derived_entries_first():
+    c: EmbeddingCache[str] = EmbeddingCache(30)
+    c.put("a", M1, "A", 10)
+    c.put("a@1", M1, "crop1", 10, derived=True)
+    c.put("a@2", M1, "crop2", 10, derived=True)
+    assert c.get("a", M1) == "A" and c.get("a@2", M1) == "crop2"
+    assert c.put("b", M1, "B", 10)  # a@1, the oldest derived, goes, not a
+    assert c.get("a@1", M1) is None and c.get("a", M1) == "A"
+    assert c.put("c", M1, "C", 20)  # then a@2, then the least recently used image, b
+    assert [c.get(k, M1) for k in ("a@2", "a", "b", "c")] == [None, "A", None, "C"]
+    assert c.stats().bytes == 30 and c.stats().evictions == 3
+    assert c.release("a@1") == 0 and c.clear() == 30 and len(c) == 0
