@@ -1,16 +1,18 @@
 """The dock widget: Qt controls wired to :class:`.controller.Controller` (which holds the
-layer logic). Requests run in a napari thread worker with a busy progress bar, so the viewer
-never freezes while the daemon works.
+layer logic), :class:`.tracker.Propagator` (propagation through a stack) and
+:mod:`.batch_job` (a batch folder). Requests run in napari thread workers with a busy progress
+bar (propagation and batches: a progress bar with Cancel), so the viewer never freezes while
+the daemon works.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -18,8 +20,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -27,27 +27,14 @@ from qtpy.QtWidgets import (
 from ..client import default_socket_path
 from . import logic
 from .controller import AUTO, BOX, MASKS, POINTS, Controller
+from .jobs import JobControls
+from .jobs import button as _button
+from .jobs import spin as _spin
 from .names import name_label
+from .tracker import Propagator
 
 
-def _button(text: str, slot: Callable[[], Any], tip: str = "") -> QPushButton:
-    b = QPushButton(text)
-    b.clicked.connect(lambda *_: slot())
-    b.setToolTip(tip)
-    return b
-
-
-def _spin(lo: float, hi: float, value: float, decimals: int = 0) -> QSpinBox | QDoubleSpinBox:
-    s = QDoubleSpinBox() if decimals else QSpinBox()
-    if decimals:
-        s.setDecimals(decimals)
-        s.setSingleStep(10 ** -decimals)
-    s.setRange(lo, hi)
-    s.setValue(value)
-    return s
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(JobControls, QWidget):
     """SAM2 segmentation: connection, prompts, modes, auto-segment, names, export, undo.
 
     Args:
@@ -60,20 +47,32 @@ class SegmentWidget(QWidget):
         self.busy = 0
         self.ctl = Controller(napari_viewer, self._run)
         self.ctl.status = self._status
+        self.tracker = Propagator(self.ctl)
+        self.tracker.stream, self.tracker.progress = self._stream, self._job_progress
+        self.batch_cancel = threading.Event()
+        self.batch_dirs: tuple[str, str] | None = None  # (input, output) of the last batch
         lay = QVBoxLayout(self)
-        for group in (self._connection_box(), self._prompt_box(), self._auto_box(),
-                      self._names_box()):
+        for group in (self._connection_box(), self._prompt_box(), self._propagate_box(),
+                      self._auto_box(), self._names_box()):
             lay.addWidget(group)
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)  # busy indicator
         self.progress.setVisible(False)
+        self.job_bar = QProgressBar()  # propagation and batch: done / total, with Cancel
+        self.cancel_button = _button("Cancel", self.cancel_job, "stop after the slice or image in flight")
+        row = QHBoxLayout()
+        row.addWidget(self.job_bar)
+        row.addWidget(self.cancel_button)
+        self._show_job(False)
         self.message = QLabel("")
         self.message.setWordWrap(True)
         lay.addWidget(self.progress)
+        lay.addLayout(row)
         lay.addWidget(self.message)
         lay.addStretch()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(lambda e: self.tracker.drop(e.value))
         self._refresh_layers()
 
     # -- building -----------------------------------------------------------------------------
@@ -126,6 +125,14 @@ class SegmentWidget(QWidget):
                         ("Halo (px)", self.halo_spin)):
             form.addRow(name, w)
         form.addRow(_button("AUTO-SEGMENT", self.auto_segment, f"fill {AUTO}"))
+        row = QHBoxLayout()
+        row.addWidget(_button("Batch folder...", self.batch_dialog,
+                              "segment every image of a folder into an output folder"))
+        self.open_result_button = _button("Open result...", self.open_result_dialog,
+                                          "load a label map of the last batch with its image")
+        self.open_result_button.setEnabled(False)
+        row.addWidget(self.open_result_button)
+        form.addRow(row)
         return box
 
     def _names_box(self) -> QGroupBox:
@@ -157,6 +164,10 @@ class SegmentWidget(QWidget):
             return
         self.ctl.use_image(self.viewer.layers[name])
         self._refresh_layers()
+        shape = self.ctl._shape()
+        for spin in (self.from_spin, self.to_spin):
+            spin.setRange(0, max(shape[0] - 1, 0) if len(shape) == 3 else 0)
+        self.to_spin.setValue(self.to_spin.maximum())
 
     def toggle(self) -> None:
         if POINTS in self.viewer.layers:
@@ -233,6 +244,11 @@ class SegmentWidget(QWidget):
     def _finished(self) -> None:
         self.busy -= 1
         self.progress.setVisible(self.busy > 0)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        """Close the video sessions with the widget."""
+        self.tracker.close_all()
+        super().closeEvent(event)
 
     def _status(self, text: str) -> None:
         self.message.setText(text)
