@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_auto import add_auto_parser
 
     add_auto_parser(sub, _client_flags)
+    from .cli_track import add_track_parser
+
+    add_track_parser(sub, _client_flags)
+    from .cli_batch import add_batch_parsers
+
+    add_batch_parsers(sub, _client_flags)
     return parser
 
 
@@ -448,6 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli_auto import auto_main
 
             return auto_main(ns, client_failure)
+        if ns.command == "track":
+            from .cli_track import track_main
+
+            return track_main(ns, client_failure)
+        if ns.command in ("batch", "embed"):
+            from .cli_batch import batch_main
+
+            return batch_main(ns, client_failure)
         return _client_command(ns)
     except KeyboardInterrupt:  # Ctrl-C while connecting, sending or waiting for the reply
         print("sam2-service: interrupted", file=sys.stderr)

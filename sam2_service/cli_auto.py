@@ -54,6 +54,12 @@ def add_auto_parser(sub: Any, client_flags: Any) -> None:
     p.add_argument("--output", required=True, type=Path,
                    help="write the label map here: 16-bit PNG, 0 background, 1..N objects")
     p.add_argument("--overlay", type=Path, help="write the image with each label coloured (PNG)")
+    add_auto_settings(p)
+
+
+def add_auto_settings(p: argparse.ArgumentParser) -> None:
+    """Add ``--tile``, ``--halo`` and one flag per SAM2AutomaticMaskGenerator setting (dest:
+    its keyword; default None, the daemon's default): ``auto``'s and ``batch``'s flags."""
     p.add_argument("--tile", type=_pair, help="tile shape H,W in pixels (tiling on)")
     p.add_argument("--halo", type=_pair, help="tile overlap H,W in pixels (default 0,0)")
     for wire, (name, kind, low, high) in AUTO_FIELDS.items():

@@ -37,8 +37,10 @@ from .core import (
 )
 from .errors import ClientTimeout
 from .sync import Client
+from .video import AsyncVideoSession, VideoSession
 
-__all__ = ["AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
+__all__ = ["AsyncVideoSession", "VideoSession",
+           "AsyncClient", "AutoResult", "build_auto_request", "parse_auto_response",
            "Client", "ClientError", "ClientTimeout", "DEFAULT_TIMEOUT", "ImageInput", "ImageMemo", "ImageRef",
            "ImageTooLargeError", "ImageUnreadable",
            "MaskCandidate", "PointInput", "PreparedImage", "RequestFailed", "SegmentOptions",

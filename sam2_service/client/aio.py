@@ -75,6 +75,33 @@ class AsyncClient(Operations):
                 raise exchange_failed(exc, self.timeout) from None
         return decode_reply(payload)
 
+    async def send(self, message: dict[str, Any]) -> None:
+        """As :meth:`Client.send <sam2_service.client.sync.Client.send>`."""
+        async with self._lock:
+            try:
+                _, writer = await self._connect()
+                writer.write(encode_message(message))
+                await asyncio.wait_for(writer.drain(), self.timeout)
+            except (asyncio.TimeoutError, OSError, ServiceError, ClientError) as exc:
+                await self.close()
+                raise exchange_failed(exc, self.timeout) from None
+
+    async def receive(self) -> dict[str, Any]:
+        """As :meth:`Client.receive <sam2_service.client.sync.Client.receive>`."""
+        async with self._lock:
+            try:
+                reader, _ = await self._connect()
+                payload = await asyncio.wait_for(self._next_payload(reader), self.timeout)
+            except (asyncio.TimeoutError, OSError, ServiceError, ClientError) as exc:
+                await self.close()
+                raise exchange_failed(exc, self.timeout) from None
+        return decode_reply(payload)
+
+    async def _next_payload(self, reader: asyncio.StreamReader) -> bytes:
+        while (payload := self._decoder.next_frame()) is None:
+            self._decoder.feed(await reader.read(RECV_CHUNK))
+        return payload
+
     async def _run(self, steps: Steps) -> Any:
         """Carry out ``steps``, awaiting each: requests over the connection, work in a thread."""
         run = Run(steps)
@@ -87,6 +114,13 @@ class AsyncClient(Operations):
             else:
                 run.send(await asyncio.to_thread(step.run))
         return run.result
+
+    async def open_video(self, source: Any, *, request_id: str | None = None) -> Any:
+        """As :meth:`Client.open_video`: an
+        :class:`~sam2_service.client.video.AsyncVideoSession`."""
+        from .video import open_video_async
+
+        return await open_video_async(self, source, request_id)
 
     async def close(self) -> None:
         """Close the connection (a later request reconnects)."""

@@ -34,12 +34,15 @@ class AutoResult:
 
 def build_auto_request(image: ImageRef | PreparedImage, *,
                        tile_shape: Sequence[int] | None = None, halo: Sequence[int] | None = None,
-                       request_id: str | None = None, **settings: Any) -> dict[str, Any]:
+                       request_id: str | None = None, object_masks: bool = False,
+                       **settings: Any) -> dict[str, Any]:
     """A protocol v1 auto request.
 
     Args:
         image: a prepared image (sent as base64) or an :class:`ImageRef` (sent by id).
         tile_shape, halo: (h, w) pixels; tiling is on when ``tile_shape`` is given.
+        object_masks: ask for each label's whole mask (``objectMasks``): every table entry
+            then holds ``maskRle``, COCO uncompressed RLE (column-major counts).
         settings: SAM2AutomaticMaskGenerator keywords (``points_per_side=8``...); None
             values are left out (the daemon's default).
 
@@ -60,6 +63,8 @@ def build_auto_request(image: ImageRef | PreparedImage, *,
         msg["tileShape"] = [int(v) for v in tile_shape]
     if halo is not None:
         msg["halo"] = [int(v) for v in halo]
+    if object_masks:
+        msg["objectMasks"] = True
     return msg
 
 

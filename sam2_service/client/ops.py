@@ -268,7 +268,8 @@ class Operations:
             image: as for :meth:`segment`; an :class:`~.core.ImageRef` goes by id.
             tile_shape, halo: (h, w) pixels, for tiling.
             settings: SAM2AutomaticMaskGenerator keywords (``points_per_side``,
-                ``pred_iou_thresh``...; see :data:`~.auto.AUTO_KEYWORDS`).
+                ``pred_iou_thresh``...; see :data:`~.auto.AUTO_KEYWORDS`); and
+                ``object_masks=True`` for each label's whole mask (``maskRle`` in its entry).
 
         Returns:
             :class:`~.auto.AutoResult`; unpacks as ``labels, table`` (HxW uint16 numpy

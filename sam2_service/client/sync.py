@@ -70,6 +70,32 @@ class Client(Operations):
                 raise exchange_failed(exc, self.timeout) from None
         return decode_reply(payload)
 
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one request object without reading its reply (for a request answered by a
+        stream of replies, read with :meth:`receive`). Raises as :meth:`request`."""
+        with self._lock:
+            try:
+                sock = self._connect()
+                sock.settimeout(self.timeout)
+                sock.sendall(encode_message(message))
+            except (OSError, ServiceError, ClientError) as exc:
+                self.close()
+                raise exchange_failed(exc, self.timeout) from None
+
+    def receive(self) -> dict[str, Any]:
+        """The next reply object on the connection (after :meth:`send`). Raises as
+        :meth:`request`."""
+        with self._lock:
+            try:
+                sock = self._connect()
+                sock.settimeout(self.timeout)
+                while (payload := self._decoder.next_frame()) is None:
+                    self._decoder.feed(sock.recv(RECV_CHUNK))
+            except (OSError, ServiceError, ClientError) as exc:
+                self.close()
+                raise exchange_failed(exc, self.timeout) from None
+        return decode_reply(payload)
+
     def _run(self, steps: Steps) -> Any:
         """Carry out ``steps`` here: requests over the socket, work and pauses inline."""
         run = Run(steps)
@@ -82,6 +108,20 @@ class Client(Operations):
             else:
                 run.send(step.run())
         return run.result
+
+    def open_video(self, source: Any, *, request_id: str | None = None) -> Any:
+        """Open a video session over ``source`` (a video file, a folder of frames, a sequence
+        of images, or a (T, H, W[, 3]) array): a
+        :class:`~sam2_service.client.video.VideoSession`, on a connection of its own.
+
+        Raises:
+            RequestFailed: the daemon refused it (``video_too_large``, ``too_many_sessions``,
+                ``image_decode``, ...).
+            ValueError, ImageUnreadable: ``source`` cannot be read.
+        """
+        from .video import open_video
+
+        return open_video(self, source, request_id)
 
     def close(self) -> None:
         """Close the connection (a later request reconnects)."""

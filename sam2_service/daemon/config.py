@@ -58,6 +58,19 @@ def default_log_file(platform: str = sys.platform, env: Mapping[str, str] = os.e
     return Path(state) / "sam2-service" / "sam2-service.log"
 
 
+def default_cache_dir(platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> Path:
+    """Where the disk tier of the embedding cache lives when ``--cache-dir`` is not given.
+
+    macOS: ``~/Library/Caches/sam2-service``. Elsewhere: ``$XDG_CACHE_HOME/sam2-service``,
+    with ``XDG_CACHE_HOME`` defaulting to ``~/.cache`` (XDG Base Directory spec).
+    """
+    home = Path(env.get("HOME") or Path.home())
+    if platform == "darwin":
+        return home / "Library" / "Caches" / "sam2-service"
+    cache = env.get("XDG_CACHE_HOME") or str(home / ".cache")
+    return Path(cache) / "sam2-service"
+
+
 def default_checkpoint(model: str, root: Path | None = None) -> Path:
     """``checkpoints/sam2.1_hiera_<model>.pt`` under ``root`` (default: the working directory)."""
     return (root or Path.cwd()) / "checkpoints" / MODELS[model][1]
@@ -138,6 +151,14 @@ class ServiceConfig:
                                 "memory for cached image embeddings, on the model's device "
                                 "(MB; SAM2 needs 16 MB per image in float32, 0 turns the cache off)",
                                 type=int, scale=2**20)
+    cache_dir: Path | None = _setting(None, "--cache-dir", "SAM2_SERVICE_CACHE_DIR",
+                                      "folder of the embedding cache's disk tier, made owner-only "
+                                      "(default: $XDG_CACHE_HOME/sam2-service, on macOS "
+                                      "~/Library/Caches/sam2-service)", type=Path)
+    cache_disk_bytes: int = _setting(4096 * 2**20, "--cache-disk-mb", "SAM2_SERVICE_CACHE_DISK_MB",
+                                     "disk space for image embeddings kept across restarts in "
+                                     "--cache-dir (MB; least recently used removed first; 0 "
+                                     "turns the disk tier off)", type=int, scale=2**20)
     max_queue: int = _setting(8, "--max-queue", "SAM2_SERVICE_MAX_QUEUE",
                               "most requests waiting for the model; beyond that the reply is "
                               "an immediate busy error", type=int)
@@ -152,6 +173,22 @@ class ServiceConfig:
                                      "most grid points an auto request sends through the mask "
                                      "decoder in one step (its pointsPerBatch if smaller); a "
                                      "segment request waits for at most one step", type=int)
+    video_max_frames: int = _setting(10000, "--video-max-frames", "SAM2_SERVICE_VIDEO_MAX_FRAMES",
+                                     "most frames one video session holds; more is refused "
+                                     "(video_too_large)", type=int)
+    video_max_bytes: int = _setting(2048 * 2**20, "--video-max-mb", "SAM2_SERVICE_VIDEO_MAX_MB",
+                                    "most frame bytes one video session holds (MB): PNG/JPEG "
+                                    "files as sent, a video file's frames as RGB pixels; more "
+                                    "is refused (video_too_large)", type=int, scale=2**20)
+    video_max_sessions: int = _setting(4, "--video-max-sessions",
+                                       "SAM2_SERVICE_VIDEO_MAX_SESSIONS",
+                                       "most video sessions open at once; one more is refused "
+                                       "(too_many_sessions)", type=int)
+    video_idle_timeout: float = _setting(600.0, "--video-idle-timeout",
+                                         "SAM2_SERVICE_VIDEO_IDLE_TIMEOUT",
+                                         "seconds a video session may go unused before it is "
+                                         "closed (its connection may stay idle as long)",
+                                         type=float)
     idle_timeout: float = _setting(60.0, "--idle-timeout", "SAM2_SERVICE_IDLE_TIMEOUT",
                                    "seconds a connection may sit idle, or inside a partial "
                                    "frame, before it is closed", type=float)
@@ -204,7 +241,8 @@ class ServiceConfig:
                      "max_queue", "request_timeout", "idle_timeout", "shutdown_timeout",
                      "max_connections", "max_buffered_bytes", "write_timeout",
                      "json_thread_bytes", "auto_timeout", "auto_step_points",
-                     "max_request_bytes", "max_reply_bytes"):
+                     "max_request_bytes", "max_reply_bytes", "video_max_frames",
+                     "video_max_bytes", "video_max_sessions", "video_idle_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_image_pixels > PILLOW_BOMB_PIXELS:
@@ -218,6 +256,8 @@ class ServiceConfig:
                              "must fit (raise --max-buffered-mb with --max-frame-mb)")
         if self.cache_bytes < 0:
             raise ValueError("cache_bytes must be 0 (off) or positive")
+        if self.cache_disk_bytes < 0:
+            raise ValueError("cache_disk_bytes must be 0 (off) or positive")
         if self.max_boxes <= 0:
             raise ValueError("max_boxes must be positive")
         if self.logits_cache_entries < 0:
@@ -243,6 +283,11 @@ class ServiceConfig:
     def checkpoint_path(self) -> Path:
         """:attr:`checkpoint`, or the default for :attr:`model`, made absolute."""
         return (self.checkpoint or default_checkpoint(self.model)).absolute()
+
+    @property
+    def cache_path(self) -> Path:
+        """:attr:`cache_dir`, or :func:`default_cache_dir`, made absolute."""
+        return (self.cache_dir or default_cache_dir()).expanduser().absolute()
 
     @property
     def log_path(self) -> Path:

@@ -73,6 +73,7 @@ class AutoRequest:
     Exactly one of ``image_base64`` and ``image_id`` is set (as for segment).
     ``tile_shape`` (h, w) pixels turns tiling on (None: the whole image in one pass);
     ``halo`` (h, w) pixels is the overlap added around each tile, (0, 0) by default.
+    ``object_masks`` (``objectMasks``) asks for each label's whole mask in its table entry.
     """
 
     request_id: str
@@ -83,6 +84,7 @@ class AutoRequest:
     settings: AutoSettings
     tile_shape: tuple[int, int] | None = None
     halo: tuple[int, int] = (0, 0)
+    object_masks: bool = False
 
 
 def _setting(obj: dict[str, Any], key: str) -> Any:
@@ -128,11 +130,16 @@ def parse_auto_request(obj: dict[str, Any], request_id: str) -> AutoRequest:
     if tile is not None and (2 * halo[0] >= tile[0] or 2 * halo[1] >= tile[1]):
         raise InvalidRequest(f"halo {list(halo)} must be less than half of tileShape "
                              f"{list(tile)} on each axis", field="halo")
+    object_masks = obj.get("objectMasks")
+    object_masks = False if object_masks is None else object_masks
+    if not isinstance(object_masks, bool):
+        raise InvalidRequest(f"objectMasks must be true or false, got {type_name(object_masks)}",
+                             field="objectMasks")
     return AutoRequest(request_id=request_id, width=positive_int(obj, "width"),
                        height=positive_int(obj, "height"),
                        image_base64=None if has_id else image_base64(obj),
                        image_id=image_id(obj) if has_id else None, settings=settings,
-                       tile_shape=tile, halo=halo)
+                       tile_shape=tile, halo=halo, object_masks=object_masks)
 
 
 def auto_response(request_id: str, *, width: int, height: int, labels_base64: str,
@@ -140,7 +147,8 @@ def auto_response(request_id: str, *, width: int, height: int, labels_base64: st
                   timings: dict[str, float]) -> dict[str, Any]:
     """The reply to ``{"op": "auto"}``. ``labels_base64`` encodes width*height uint16
     little-endian label ids, row-major, top row first (0 background); ``labels`` holds one
-    ``{id, score, stabilityScore, area, bbox: {x1, y1, x2, y2}}`` per id 1..N."""
+    ``{id, score, stabilityScore, area, bbox: {x1, y1, x2, y2}}`` per id 1..N (and
+    ``maskRle`` with ``objectMasks``)."""
     return {"requestId": request_id, "ok": True, "labelsWidth": width, "labelsHeight": height,
             "labelsBase64": labels_base64, "labels": labels, "imageId": image_id,
             "timingsMs": rounded_timings(timings)}

@@ -30,6 +30,10 @@ ERROR_CODES: Final = frozenset(
         "request_too_large",  # pixels x masks would take more than max_request_bytes
         "reply_too_large",  # the reply would be larger than max_reply_bytes
         "internal",  # a bug or an unexpected failure inside the daemon
+        "unknown_video_session",  # sessionId names no open video session (closed, timed out)
+        "video_too_large",  # a video over --video-max-frames or --video-max-mb
+        "too_many_sessions",  # --video-max-sessions video sessions are already open
+        "video_busy",  # the video session is propagating; cancel it or wait for its end
     }
 )
 
@@ -140,3 +144,30 @@ class InternalError(ServiceError):
     code = "internal"
 
 
+
+
+class UnknownVideoSession(ServiceError):
+    """``sessionId`` names no open video session: never opened, closed, timed out after
+    ``--video-idle-timeout`` or its connection closed."""
+
+    code = "unknown_video_session"
+
+
+class VideoTooLarge(ServiceError):
+    """A video session would hold more than ``--video-max-frames`` frames or
+    ``--video-max-mb`` of frame bytes."""
+
+    code = "video_too_large"
+
+
+class TooManySessions(ServiceError):
+    """``--video-max-sessions`` video sessions are already open."""
+
+    code = "too_many_sessions"
+
+
+class VideoBusy(ServiceError):
+    """The video session is propagating: prompts, resets and a second propagation wait
+    for its end (or a ``videoCancel``)."""
+
+    code = "video_busy"

@@ -18,6 +18,16 @@ from typing import Any, Callable, Union
 from .auto import AutoRequest, parse_auto_request
 from .errors import InvalidRequest, UnknownOp
 from .fields import image_base64, image_id, number, positive_int, rounded_timings, type_name
+from .video import (
+    VIDEO_OPS,
+    VideoAppend,
+    VideoObjectRequest,
+    VideoOpen,
+    VideoPrompt,
+    VideoPropagate,
+    VideoSessionRequest,
+    parse_video_request,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -108,11 +118,16 @@ class InfoRequest:
 
 #: Every typed request :func:`parse_request` returns.
 Request = Union[SegmentRequest, EmbedRequest, ReleaseRequest, PingRequest, InfoRequest,
-                AutoRequest]
+                AutoRequest, VideoOpen, VideoAppend, VideoPrompt, VideoPropagate,
+                VideoObjectRequest, VideoSessionRequest]
 #: op name -> the request type :func:`parse_request` makes of it (a handler table's keys).
 REQUEST_TYPES: dict[str, type] = {
     "segment": SegmentRequest, "embed": EmbedRequest, "release": ReleaseRequest,
     "ping": PingRequest, "info": InfoRequest, "auto": AutoRequest,
+    "videoOpen": VideoOpen, "videoAppend": VideoAppend, "videoPrompt": VideoPrompt,
+    "videoPropagate": VideoPropagate, "videoRemoveObject": VideoObjectRequest,
+    "videoClearPrompts": VideoObjectRequest, "videoReset": VideoSessionRequest,
+    "videoCancel": VideoSessionRequest, "videoClose": VideoSessionRequest,
 }
 #: The op names, in the order an ``unknown_op`` error lists them.
 OPS = tuple(REQUEST_TYPES)
@@ -268,6 +283,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any], str, int, int], Request]] = {
     "ping": lambda obj, rid, _points, _boxes: PingRequest(rid),
     "info": lambda obj, rid, _points, _boxes: InfoRequest(rid),
     "auto": lambda obj, rid, _points, _boxes: parse_auto_request(obj, rid),
+    **{op: (lambda obj, rid, points, _boxes, op=op: parse_video_request(obj, op, rid, points))
+       for op in VIDEO_OPS},
 }
 
 

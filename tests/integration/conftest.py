@@ -122,7 +122,8 @@ def start_daemon(tmp: Path, *args: str, wait: bool = True) -> Daemon:
     log = tmp / "daemon.log"
     cmd = [sys.executable, "-m", "sam2_service", "serve", "--socket", sock, "--log-file", str(log),
            "--device", TEST_DEVICE, *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # each daemon its own disk tier, unless a test passes --cache-dir: none sees another's
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAM2_SERVICE_CACHE_DIR": str(tmp / "emb")}
     out = tmp / "daemon.out"  # a file, not a pipe: an undrained pipe would block its logging
     with open(out, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, text=True)

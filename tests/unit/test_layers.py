@@ -22,7 +22,8 @@ ALLOWED = {
     "daemon": {"wire", "daemon"},
     "client": {"wire", "client"},
     "web": {"wire", "client", "web"},
-    "napari": {"wire", "client", "napari"},
+    "napari": {"wire", "client", "napari", "batch"},
+    "batch": {"wire", "client", "batch"},
 }
 #: Third-party packages that only the daemon may import: the model's stack.
 MODEL_STACK = {"torch", "torchvision", "sam2", "hydra", "omegaconf"}
@@ -154,9 +155,11 @@ def test_classes_functions_and_modules_stay_small(path: Path) -> None:
 #: server's socket and device checks); config is read by all.
 DAEMON_GROUPS = {
     "config": set(),
-    "serving": {"config", "serving", "inference", "auto", "ops"},
+    "serving": {"config", "serving", "inference", "auto", "ops", "video"},
     "inference": {"config", "inference", "ops.logs"},
     "auto": {"config", "auto", "inference", "ops.logs"},
+    "video": {"config", "video", "inference", "ops.logs"},
+    "batch": {"config", "batch", "inference", "serving.dispatch"},
     "ops": {"config", "ops", "serving.sockets", "inference.hardware", "inference.sam2_compat"},
 }
 
@@ -202,7 +205,7 @@ def test_daemon_imports_follow_its_groups(path: Path) -> None:
 #: The daemon's modules that may import the model's stack: the model's groups, and the doctor
 #: (lazily, to check the install).
 MODEL_STACK_MODULES = ("sam2_service.daemon.inference", "sam2_service.daemon.auto",
-                       "sam2_service.daemon.ops.doctor")
+                       "sam2_service.daemon.ops.doctor", "sam2_service.daemon.video")
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "daemon").rglob("*.py")),

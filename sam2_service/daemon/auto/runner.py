@@ -30,6 +30,7 @@ from ..inference.worker import ImageBytes, InferenceWorker, read_image
 from ..ops.logs import event
 from .generator import GeneratedMasks, StepGenerator
 from .labels import Tile, label_stats, paint_labels, stitch_tiles, tile_grid
+from .masks import object_rles
 
 log = logging.getLogger("sam2_service.auto")
 
@@ -96,7 +97,8 @@ class AutoRunner:
                 results.append(await self._tile(gen, pixels, image_id, tile, plan, progress,
                                                 timings, deadline))
             t0 = time.perf_counter()
-            labels, table = await asyncio.to_thread(_assemble, hw, tiles, results)
+            labels, table = await asyncio.to_thread(_assemble, hw, tiles, results,
+                                                    request.object_masks)
             timings["paint"] += (time.perf_counter() - t0) * 1000
         except RequestTimeout:
             raise RequestTimeout(f"the auto request did not finish within --auto-timeout of its "
@@ -189,9 +191,10 @@ class AutoRunner:
               total=progress.total)
 
 
-def _assemble(hw: tuple[int, int], tiles: list[Tile],
-              results: list[GeneratedMasks]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Paint each tile's masks, stitch the tiles, and build the label table."""
+def _assemble(hw: tuple[int, int], tiles: list[Tile], results: list[GeneratedMasks],
+              object_masks: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Paint each tile's masks, stitch the tiles, and build the label table (with each
+    label's whole mask as ``maskRle`` when ``object_masks``)."""
     maps, kept = [], []
     try:
         for tile, masks in zip(tiles, results):
@@ -217,4 +220,7 @@ def _assemble(hw: tuple[int, int], tiles: list[Tile],
         table.append({"id": k + 1, "score": float(results[t].scores[i]),
                       "stabilityScore": float(results[t].stability[i]), "area": int(areas[k]),
                       "bbox": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}})
+    if object_masks:
+        for entry, rle in zip(table, object_rles(labels, tiles, maps, kept, results)):
+            entry["maskRle"] = rle
     return labels, table

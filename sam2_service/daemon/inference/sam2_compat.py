@@ -197,4 +197,136 @@ def mark_compiled(model: Any, parts: dict[str, str]) -> None:
     model._sam2_service_compiled = parts
 
 
+# SAM2VideoPredictor's inference state (sam2/sam2_video_predictor.py, sam2 1.1.0): a dict
+# whose keys are sam2's; only the functions below read or write it.
+
+
+def new_video_state(images: Any, height: int, width: int, device: Any,
+                    storage_device: Any) -> dict[str, Any]:
+    """The dict ``SAM2VideoPredictor.init_state`` returns, with ``images`` given instead of
+    loaded by ``load_video_frames`` (any sequence whose item ``i`` is frame i as a 3x1024x1024
+    float32 tensor, normalised as that loader does) and without its warm-up of frame 0.
+    ``storage_device`` is ``init_state``'s ``offload_state_to_cpu`` choice: the CPU, or
+    ``device``."""
+    from collections import OrderedDict
+
+    offload = str(storage_device) != str(device)
+    return {
+        "images": images, "num_frames": len(images), "offload_video_to_cpu": True,
+        "offload_state_to_cpu": offload, "video_height": height, "video_width": width,
+        "device": device, "storage_device": storage_device,
+        "point_inputs_per_obj": {}, "mask_inputs_per_obj": {}, "cached_features": {},
+        "constants": {}, "obj_id_to_idx": OrderedDict(), "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [], "output_dict_per_obj": {}, "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+
+
+def video_object_ids(state: dict[str, Any]) -> list[int]:
+    """``state["obj_ids"]``: the object ids in SAM2's object-index order."""
+    return list(state["obj_ids"])
+
+
+def video_prompted_frames(state: dict[str, Any]) -> set[int]:
+    """Every frame holding a point or mask prompt of any object (``point_inputs_per_obj``,
+    ``mask_inputs_per_obj``)."""
+    frames: set[int] = set()
+    for key in ("point_inputs_per_obj", "mask_inputs_per_obj"):
+        for per_frame in state[key].values():
+            frames.update(per_frame)
+    return frames
+
+
+def video_object_score(state: dict[str, Any], obj_id: int, frame: int) -> float | None:
+    """The object score logit (``object_score_logits``, > 0: the object is present) of
+    ``obj_id`` on ``frame``, from its temporary or kept outputs; None when it has none."""
+    idx = state["obj_id_to_idx"].get(obj_id)
+    if idx is None:
+        return None
+    for store in (state["temp_output_dict_per_obj"][idx], state["output_dict_per_obj"][idx]):
+        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            out = store[key].get(frame)
+            if out is not None and out.get("object_score_logits") is not None:
+                return float(out["object_score_logits"].float().reshape(-1)[0])
+    return None
+
+
+def clear_video_features(state: dict[str, Any]) -> None:
+    """Drop the image features SAM2 keeps of the last frame it encoded (``cached_features``)."""
+    state["cached_features"] = {}
+
+
+def prune_video_outputs(state: dict[str, Any], frame: int, reverse: bool, num_maskmem: int,
+                        max_obj_ptrs: int) -> int:
+    """Drop each object's non-conditioning outputs (``output_dict_per_obj[i]
+    ["non_cond_frame_outputs"]``) that SAM2's memory (``SAM2Base.
+    _prepare_memory_conditioned_features``) can no longer read, after ``frame`` was tracked
+    in the direction ``reverse``: frames up to ``num_maskmem`` behind ``frame`` keep
+    everything; up to ``max_obj_ptrs`` behind, only their object pointer (``obj_ptr``); frames
+    within ``max_obj_ptrs`` of one of the object's conditioning frames keep everything (a later
+    pass from that frame, either way, reads them); the rest go. Returns the outputs dropped
+    or thinned."""
+    changed = 0
+    for out_dict in state["output_dict_per_obj"].values():
+        cond = list(out_dict["cond_frame_outputs"])
+        non_cond = out_dict["non_cond_frame_outputs"]
+        for g in list(non_cond):
+            if any(abs(g - c) <= max_obj_ptrs for c in cond):
+                continue
+            behind = (g - frame) if reverse else (frame - g)
+            if 0 <= behind <= num_maskmem:
+                continue
+            if 0 <= behind <= max_obj_ptrs:
+                out = non_cond[g]
+                if out.get("maskmem_features") is not None or out.get("pred_masks") is not None:
+                    non_cond[g] = {"obj_ptr": out["obj_ptr"], "maskmem_features": None,
+                                   "maskmem_pos_enc": None, "pred_masks": None,
+                                   "object_score_logits": out["object_score_logits"]}
+                    changed += 1
+                continue
+            del non_cond[g]
+            changed += 1
+    return changed
+
+
+def drop_thinned_outputs(state: dict[str, Any], frame: int) -> None:
+    """Remove the outputs :func:`prune_video_outputs` thinned to an object pointer on
+    ``frame`` (before a prompt there: SAM2 reads a kept output's ``pred_masks`` on the frame it
+    prompts)."""
+    for out_dict in state["output_dict_per_obj"].values():
+        out = out_dict["non_cond_frame_outputs"].get(frame)
+        if out is not None and out.get("pred_masks") is None:
+            del out_dict["non_cond_frame_outputs"][frame]
+
+
+def set_video_frame_count(state: dict[str, Any], count: int) -> None:
+    """``state["num_frames"]`` = ``count`` (after frames were added to ``state["images"]``)."""
+    state["num_frames"] = count
+
+
+def quiet_video_progress() -> None:
+    """Make ``SAM2VideoPredictor.propagate_in_video``'s tqdm progress bar (a name in
+    ``sam2.sam2_video_predictor``) a plain iteration: the daemon logs its own progress."""
+    import sam2.sam2_video_predictor as module
+
+    module.tqdm = lambda iterable, *args, **kwargs: iterable
+
+
+def video_state_bytes(state: dict[str, Any]) -> int:
+    """Bytes of the tensors each object's outputs hold (masks, memory features), counted
+    once per tensor."""
+    seen: set[int] = set()
+    total = 0
+    for store_key in ("output_dict_per_obj", "temp_output_dict_per_obj"):
+        for out_dict in state[store_key].values():
+            for outs in out_dict.values():
+                for out in outs.values():
+                    for key in ("maskmem_features", "pred_masks", "obj_ptr"):
+                        t = out.get(key)
+                        if t is not None and id(t) not in seen:
+                            seen.add(id(t))
+                            total += t.numel() * t.element_size()
+    return total
+
+
 check_version()

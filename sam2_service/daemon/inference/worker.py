@@ -24,6 +24,7 @@ from ...wire.codecs import compute_image_id, decode_base64
 from ...wire.errors import OutOfMemory, UnknownImage, UnknownMask
 from ...wire.schema import EmbedRequest, SegmentRequest, new_mask_id
 from .cache import CacheStats, EmbeddingCache, LogitsCache
+from .disk_cache import DiskEmbeddingStore, TieredCache
 from .engine import Embedding, Engine, MaskSet
 from .imaging import decode_image
 from .prompts import check_size, validate
@@ -137,18 +138,19 @@ class InferenceWorker(InferenceThread):
     Args:
         engine: the loaded model, or None to :meth:`load` one on the worker's thread.
         max_image_pixels: the pixel ceiling for image decoding.
-        cache_bytes: the embedding cache's budget (0: off).
+        cache_bytes, disk: the embedding cache's budget (0: off); its disk tier, or None.
         max_queue: most jobs waiting (not yet started); more raise :class:`Busy`.
         logits_entries: masks whose low-resolution logits are kept for ``maskInput``
             (``--logits-cache-entries``; 0 keeps none).
     """
 
     def __init__(self, engine: Engine | None, max_image_pixels: int, *, cache_bytes: int = 0,
-                 max_queue: int = 8, logits_entries: int = 256) -> None:
+                 max_queue: int = 8, logits_entries: int = 256,
+                 disk: DiskEmbeddingStore | None = None) -> None:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
         # Both caches are guarded by _cache_lock: the loop thread reads and releases too.
-        self._embeddings: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
+        self._embeddings = TieredCache(EmbeddingCache(cache_bytes), disk, lambda: self.engine)
         self._logits = LogitsCache(logits_entries)
         self._cache_lock = threading.Lock()
         super().__init__(max_queue)

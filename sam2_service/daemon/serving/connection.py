@@ -21,6 +21,8 @@ from ...wire.peer import peer_allowed, peer_uid
 from ...wire.schema import new_request_id, read_request_id
 from ..config import ServiceConfig
 from ..ops.logs import event
+from ..video.sessions import CURRENT_OWNER, VideoOwner
+from ..video.streams import ReplyStream
 from .dispatch import Dispatcher
 from .sockets import peer_hung_up
 
@@ -95,10 +97,13 @@ class Connection:
         #: True while a whole request has been read and is being answered (shutdown lets it
         #: finish; an idle connection is closed at once).
         self.busy = False
+        #: The video sessions this connection opened (closed with it).
+        self.owner = VideoOwner()
 
     async def serve(self) -> None:
         """Run the connection to its end and close it; never raises except CancelledError
         being swallowed (a cancel closes the connection)."""
+        CURRENT_OWNER.set(self.owner)  # this task's context: its requests' sessions are ours
         try:
             if not self._admit():
                 return
@@ -110,7 +115,11 @@ class Connection:
                 response = await self._answer_watching(payload)
                 if response is None:
                     break  # the peer hung up; its request was dropped
-                await self._write(response)
+                if isinstance(response, ReplyStream):  # one reply per frame, then a last one
+                    if await self._answer_watching(payload, self._pump(response)) is None:
+                        break  # the peer hung up: the stream was cancelled
+                else:
+                    await self._write(response)
                 self.budget.give(self._answering)
                 self._answering = 0
                 self.busy = False
@@ -119,6 +128,7 @@ class Connection:
         except (ConnectionError, asyncio.CancelledError):
             pass  # peer went away, or shutdown closed an idle connection
         finally:
+            self.dispatcher.video.disconnected(self.owner)
             self.budget.give(self._reading + self._answering)
             self._reading = self._answering = 0
             self.writer.close()
@@ -136,6 +146,15 @@ class Connection:
             return True
         event(log, "Refused connection from another user", logging.WARNING, peerUid=uid)
         return False
+
+    async def _pump(self, stream: ReplyStream) -> bool:
+        """Write each reply of ``stream`` as it comes (True at its end)."""
+        try:
+            async for reply in stream.replies:
+                await self._write(reply)
+        finally:
+            await stream.replies.aclose()
+        return True
 
     async def _write(self, response: dict[str, Any]) -> None:
         await self._send(*encode_message_parts(response))
@@ -192,7 +211,10 @@ class Connection:
         the peer hung up, sent an oversize prefix (answered ``frame_too_large``), or sent no
         complete frame within ``idle_timeout`` (partial data does not extend it)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.idle_timeout
+        idle = self.config.idle_timeout
+        if self.owner.sessions:  # a video session's user may think longer between requests
+            idle = max(idle, self.config.video_idle_timeout)
+        deadline = loop.time() + idle
         while True:
             if not self._hold_read():
                 await self._write(self.dispatcher.error(new_request_id(), Busy(
@@ -219,12 +241,14 @@ class Connection:
                 return None
             self.decoder.feed(data)
 
-    async def _answer_watching(self, payload: bytes) -> dict[str, Any] | None:
+    async def _answer_watching(self, payload: bytes, work: Any = None) -> Any:
         """Answer ``payload`` while still reading the socket, so that a peer that hangs up
         is noticed: its job is then dropped (or, if running, finished and discarded) and
         None returned. Bytes read meanwhile (pipelined requests) go to the decoder, up to
-        one frame's worth; a half-close (EOF without hang-up) still gets its reply."""
-        respond = asyncio.ensure_future(self.dispatcher.respond(payload, time.monotonic()))
+        one frame's worth; a half-close (EOF without hang-up) still gets its reply. ``work``,
+        when given, is awaited instead of answering ``payload`` (a stream's :meth:`_pump`)."""
+        respond = asyncio.ensure_future(
+            work if work is not None else self.dispatcher.respond(payload, time.monotonic()))
         read: asyncio.Future | None = None
         limit = self.config.max_frame_bytes + 4
         try:

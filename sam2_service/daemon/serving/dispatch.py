@@ -56,6 +56,8 @@ from ..inference.devices import DeviceInfo, DevicePool
 from ..inference.engine import EngineInfo
 from ..inference.worker import InferenceWorker, SegmentOutcome
 from ..ops.logs import event
+from ..video.service import VideoService
+from ..video.streams import ReplyStream
 
 log = logging.getLogger("sam2_service.server")
 
@@ -73,7 +75,8 @@ MAX_OTHER_COMMAS = 64
 FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId")
 
 #: Characters an auto reply's table entry takes at most (id, area, bbox, scores as JSON),
-#: for its size check against ``--max-reply-mb``.
+#: besides its ``maskRle`` (``objectMasks``, counted apart), for its size check against
+#: ``--max-reply-mb``.
 AUTO_LABEL_CHARS = 256
 
 Handler = Callable[[Any, float], Awaitable[dict[str, Any]]]
@@ -107,6 +110,9 @@ class Dispatcher:
         }
         #: Auto requests in progress (``info``'s ``auto``), one runner per worker; see :mod:`.auto`.
         self.auto_runners = {w: AutoRunner(w, config.auto_step_points) for w in self.pool.workers}
+        #: Video sessions (the ``video*`` ops); see :mod:`sam2_service.daemon.video`.
+        self.video = VideoService(config, self.pool)
+        self.handlers.update(self.video.handlers())
 
     async def respond(self, payload: bytes, arrived: float) -> dict[str, Any]:
         """Answer one frame's payload; never raises (errors become error responses).
@@ -132,7 +138,10 @@ class Dispatcher:
             request_id = read_request_id(obj)
             request = parse_request(obj, max_points=self.config.max_points,
                                     max_boxes=self.config.max_boxes, request_id=request_id)
-            return await self.handlers[type(request)](request, arrived)
+            reply = await self.handlers[type(request)](request, arrived)
+            if isinstance(reply, ReplyStream):  # several replies (videoPropagate)
+                return ReplyStream(self._guarded(request_id, reply.replies))
+            return reply
         except ServiceError as exc:
             return self.error(request_id or new_request_id(), exc)
         except Exception as exc:  # a bug or a model failure: report it, keep serving
@@ -140,6 +149,21 @@ class Dispatcher:
             event(log, "Internal error", logging.ERROR, exc_info=True, requestId=rid,
                   code="internal")
             return error_response(rid, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _guarded(self, request_id: str, replies: Any) -> Any:
+        """A stream's replies; a failure midway becomes its last reply, as in :meth:`respond`."""
+        try:
+            async for reply in replies:
+                yield reply
+        except ServiceError as exc:
+            yield self.error(request_id, exc)
+        except Exception as exc:
+            event(log, "Internal error", logging.ERROR, exc_info=True, requestId=request_id,
+                  code="internal")
+            yield error_response(request_id, "internal",
+                                 f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            await replies.aclose()
 
     def _decode_large(self, payload: bytes) -> dict[str, Any] | InvalidRequest:
         """On a thread: :meth:`_too_many_values`, then :func:`decode_message`. The count
@@ -232,7 +256,8 @@ class Dispatcher:
             out = await self.auto_runners[worker].run(request, arrived + self.config.auto_timeout,
                                                       image, step_points=step_points)
         labels_base64 = await asyncio.to_thread(encode_labels, out.labels)
-        self.budget.check_reply(len(labels_base64) + AUTO_LABEL_CHARS * len(out.table),
+        table_chars = sum(AUTO_LABEL_CHARS + encoded_chars(e.get("maskRle", "")) for e in out.table)
+        self.budget.check_reply(len(labels_base64) + table_chars,
                                 hint="tile the image or raise the filters' thresholds")
         timings = {**out.timings, "total": (time.monotonic() - arrived) * 1000}
         h, w = out.labels.shape
@@ -309,6 +334,7 @@ def info_response(request_id: str, config: ServiceConfig, engine: EngineInfo, ca
         "requestId": request_id, "ok": True, "protocol": PROTOCOL_VERSION,
         **_engine_fields(engine), "socket": cfg.socket_path, "pid": os.getpid(),
         "cache": {"capacityBytes": cfg.cache_bytes, **_cache_fields(cache)},
+        "diskCache": _disk_fields(cfg, cache.disk),
         "queue": {"waiting": waiting, "maxQueue": cfg.max_queue},
         "limits": {"maxFrameBytes": cfg.max_frame_bytes,
                    "maxImagePixels": cfg.max_image_pixels, "maxPoints": cfg.max_points,
@@ -319,7 +345,10 @@ def info_response(request_id: str, config: ServiceConfig, engine: EngineInfo, ca
                    "maxBufferedBytes": cfg.max_buffered_bytes,
                    "writeTimeout": cfg.write_timeout, "jsonThreadBytes": cfg.json_thread_bytes,
                    "maxRequestBytes": cfg.max_request_bytes,
-                   "maxReplyBytes": cfg.max_reply_bytes},
+                   "maxReplyBytes": cfg.max_reply_bytes,
+                   "videoMaxFrames": cfg.video_max_frames, "videoMaxBytes": cfg.video_max_bytes,
+                   "videoMaxSessions": cfg.video_max_sessions,
+                   "videoIdleTimeout": cfg.video_idle_timeout},
         "maskEncodings": list(MASK_ENCODINGS),
         "features": list(FEATURES),
         "auto": [{"requestId": p.request_id, "done": p.done, "total": p.total} for p in auto],
@@ -336,6 +365,18 @@ def _engine_fields(engine: EngineInfo) -> dict[str, Any]:
             "dtype": engine.precision, "fastpath": engine.fastpath,
             "loadTimeMs": round(engine.load_time_ms, 1), "compile": engine.compile,
             "versions": dict(engine.versions)}
+
+
+def _disk_fields(cfg: ServiceConfig, disk: Any) -> dict[str, Any]:
+    """``info``'s ``diskCache``: the disk tier's folder, budget and counters (a DiskStats),
+    or only ``enabled: false`` and the settings when it is off."""
+    fields = {"enabled": disk is not None, "directory": str(cfg.cache_path),
+              "capacityBytes": cfg.cache_disk_bytes}
+    if disk is not None:
+        fields.update(bytes=disk.bytes, entries=disk.entries, hits=disk.hits,
+                      misses=disk.misses, writes=disk.writes, evictions=disk.evictions,
+                      discarded=disk.discarded, skipped=disk.skipped, pending=disk.pending)
+    return fields
 
 
 def _cache_fields(stats: CacheStats) -> dict[str, int]:

@@ -22,6 +22,7 @@ from typing import Sequence
 
 from ..config import ALL_CUDA, ServiceConfig, StartupError
 from ..inference.devices import DevicePool
+from ..inference.disk_cache import DiskEmbeddingStore, open_store
 from ..inference.engine import Engine, Sam2Engine, package_versions
 from ..inference.hardware import expand_devices
 from ..inference.worker import InferenceWorker
@@ -53,6 +54,7 @@ class Server:
             list(engine) if isinstance(engine, (list, tuple)) else [engine])
         #: The inference workers, one per device (once started).
         self.pool: DevicePool | None = None
+        self._disk: DiskEmbeddingStore | None = None  # the embedding cache's disk tier
         self.dispatcher: Dispatcher | None = None
         self._listener: socket.socket | None = None  # the listening socket, once listening
         self._acceptor: asyncio.Task | None = None  # accept_loop on it
@@ -159,9 +161,10 @@ class Server:
             devices = await asyncio.to_thread(expand_devices, cfg.devices)
         else:
             devices = cfg.devices
+        self._disk = disk = open_store(cfg)  # shared by the workers
         workers = [InferenceWorker(self._given[i] if self._given else None, cfg.max_image_pixels,
                                    cache_bytes=cfg.cache_bytes, max_queue=cfg.max_queue,
-                                   logits_entries=cfg.logits_cache_entries)
+                                   logits_entries=cfg.logits_cache_entries, disk=disk)
                    for i in range(len(devices))]
         self.pool = DevicePool(workers)
         if self._given is None:
@@ -235,6 +238,8 @@ class Server:
                 await asyncio.wait(pending, timeout=1.0)
         if self.pool is not None:
             self.pool.close()
+        if self._disk is not None:  # pending writes, within --shutdown-timeout
+            self._disk.close()
         self._unlink_socket()
         if self._acceptor is not None:
             event(log, "Server stopped", socket=self.config.socket_path)
