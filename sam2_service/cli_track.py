@@ -148,9 +148,7 @@ def _progress(total: int) -> Any:
 
 def _track(session: Any, ns: argparse.Namespace, offset: int) -> Iterator[tuple[int, dict]]:
     groups = ns.groups or []
-    default = next((g["frame"] for g in groups if g["frame"] is not None), None)
-    if default is None or not any(g["points"] or g["box"] for g in groups):
-        raise ValueError("give --frame N and at least one --point or --box")
+    default = next(g["frame"] for g in groups if g["frame"] is not None)
     for number, g in enumerate(groups, 1):
         frame = (g["frame"] if g["frame"] is not None else default) - offset
         if not 0 <= frame < session.frame_count:
@@ -168,6 +166,12 @@ def track_main(ns: argparse.Namespace, failure: Callable[[BaseException], str] =
     from .cli_auto import write_label_png
     from .client import Client, ClientError
 
+    groups = ns.groups or []
+    if all(g["frame"] is None for g in groups) or not any(g["points"] or g["box"] for g in groups):
+        # before any frame is decoded or sent
+        print("sam2-service track: give --frame N and at least one --point or --box",
+              file=sys.stderr)
+        return 2
     try:
         source, offset, rgb, rate = _source(ns)
         ns.output.mkdir(parents=True, exist_ok=True)

@@ -238,5 +238,6 @@ def test_evicted_mask_is_unknown_mask():
 def test_info_lists_encodings_features_and_limits():
     (info,) = answer([{"op": "info"}], max_boxes=5)
     assert info["maskEncodings"] == ["raw", "rle", "png"]
-    assert {"maskEncoding", "multimask", "boxes", "maskInput", "maskId"} <= set(info["features"])
+    assert {"maskEncoding", "multimask", "boxes", "maskInput", "maskId", "objectMasks",
+            "video"} <= set(info["features"])
     assert info["limits"]["maxBoxes"] == 5 and info["limits"]["logitsCacheEntries"] == 256

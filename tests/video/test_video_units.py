@@ -134,3 +134,15 @@ def test_pruning_keeps_what_sam2s_memory_reads() -> None:
     assert full == set(range(1, 17)) | set(range(52, 60))  # near the prompt, and the last 7
     assert thin == set(range(43, 52))  # object pointers of the last 16
     assert all(non_cond[f]["obj_ptr"] is not None for f in thin)
+
+
+def test_track_without_prompts_exits_2_before_reading_the_video(tmp_path, capsys):
+    """No daemon and no video file exist: the missing prompts are named first."""
+    from sam2_service.cli import main
+
+    for extra in ([], ["--frame", "3"], ["--point", "5,5"]):
+        code = main(["track", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o"),
+                     "--socket", str(tmp_path / "none.sock"), *extra])
+        assert code == 2
+        assert "give --frame N and at least one --point or --box" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

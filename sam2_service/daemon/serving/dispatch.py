@@ -70,9 +70,9 @@ MASK_THREAD_PIXELS = 512 * 512
 #: a data URL).
 MAX_OTHER_COMMAS = 64
 
-#: What ``info`` lists as supported beyond protocol v1 (the protocol additions;
-#: docs/protocol.md).
-FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId")
+#: What ``info`` lists as supported beyond protocol v1 (the protocol additions, auto's
+#: ``objectMasks``, the video session ops; docs/protocol.md).
+FEATURES = ("maskEncoding", "multimask", "boxes", "maskInput", "maskId", "objectMasks", "video")
 
 #: Characters an auto reply's table entry takes at most (id, area, bbox, scores as JSON),
 #: besides its ``maskRle`` (``objectMasks``, counted apart), for its size check against
