@@ -75,7 +75,10 @@ def test_sixteen_boxes_on_36_mp_refused_before_any_work(daemon, huge_png):
 def _auto_totals(log: Path, request_id: str) -> set[int]:
     totals = set()
     for line in log.read_text().splitlines():
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # the line the daemon is writing now
+            continue
         if rec.get("msg") == "Auto progress" and rec.get("requestId") == request_id:
             totals.add(rec["total"])
     return totals

@@ -91,6 +91,16 @@ def test_auto_tiles_count_their_own_size_and_refuse_when_one_point_cannot_fit():
     assert budget.auto_step_points(tiled, 16) >= 1
 
 
+def test_sizes_no_image_can_have_are_left_to_the_image_checks():
+    """A claimed size above --max-image-pixels gets image_too_large or the size mismatch
+    from the image checks (tests/integration/test_hostile.py), not request_too_large."""
+    budget = RequestBudget(2**20, 2**20, max_image_pixels=40_000_000)
+    budget.check_segment(segment(20000, 20000, boxes=[BOX] * 16, maskEncoding="raw"))
+    assert budget.auto_step_points(auto(2**40, 213), 16) == 16
+    with pytest.raises(RequestTooLarge):
+        budget.check_segment(segment(6000, 6000, boxes=[BOX] * 16, maskEncoding="raw"))
+
+
 def test_auto_label_map_over_reply_bound():
     with pytest.raises(ReplyTooLarge):
         RequestBudget(64 * GIB, 2**20).auto_step_points(auto(1000, 1000), 16)

@@ -44,10 +44,17 @@ def _mib(n: int) -> str:
 
 @dataclass(frozen=True)
 class RequestBudget:
-    """The two bounds, in bytes (``ServiceConfig.max_request_bytes``, ``max_reply_bytes``)."""
+    """The two bounds, in bytes (``ServiceConfig.max_request_bytes``, ``max_reply_bytes``).
+
+    A request whose ``width`` x ``height`` is above ``max_image_pixels`` is not checked here:
+    no image it may name can be that large, so the image checks refuse it (``image_too_large``
+    from the header, or ``invalid_request`` for a size that is not the image's) before any
+    model work, with the more useful message.
+    """
 
     max_request_bytes: int
     max_reply_bytes: int
+    max_image_pixels: int = 2**62
 
     def check_segment(self, request: SegmentRequest) -> None:
         """Refuse ``request`` before any work if its masks would not fit.
@@ -64,6 +71,8 @@ class RequestBudget:
                 above ``max_reply_bytes``.
         """
         pixels = request.width * request.height
+        if pixels > self.max_image_pixels:
+            return
         masks = len(request.boxes) or (3 if request.multimask or _one_point(request) else 1)
         masks += 1 if request.boxes else 0
         need = pixels * (IMAGE_BYTES_PER_PIXEL + MASK_BYTES_PER_PIXEL * masks)
@@ -93,6 +102,8 @@ class RequestBudget:
             ReplyTooLarge: the label map alone (uint16, base64) is above ``max_reply_bytes``.
         """
         h, w = request.height, request.width
+        if h * w > self.max_image_pixels:
+            return step_points
         self.check_reply(raw_mask_chars(2 * h * w), hint="send a smaller image")
         th, tw = request.tile_shape or (h, w)
         tile = min(h, th + 2 * request.halo[0]) * min(w, tw + 2 * request.halo[1])

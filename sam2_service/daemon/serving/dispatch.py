@@ -98,7 +98,8 @@ class Dispatcher:
         #: The first device's worker: what ``info``'s top-level fields describe.
         self.worker = self.pool.workers[0]
         #: ``--max-request-mb`` and ``--max-reply-mb``, checked before each request's work.
-        self.budget = RequestBudget(config.max_request_bytes, config.max_reply_bytes)
+        self.budget = RequestBudget(config.max_request_bytes, config.max_reply_bytes,
+                                    config.max_image_pixels)
         #: request type -> handler(request, arrived); the one routing table.
         self.handlers: dict[type, Handler] = {
             PingRequest: self._ping,
