@@ -58,25 +58,17 @@ class Client(Operations):
             RequestFailed: ``untrusted_server`` (the socket's server runs as another user).
             ClientError: the daemon could not be reached, hung up, or sent a bad frame.
         """
-        with self._lock:
-            sock = self._connect()
-            try:
-                sock.settimeout(self.timeout)  # it may have changed since the connect
-                sock.sendall(encode_message(message))
-                while (payload := self._decoder.next_frame()) is None:
-                    self._decoder.feed(sock.recv(RECV_CHUNK))
-            except (OSError, ServiceError, ClientError) as exc:
-                self.close()
-                raise exchange_failed(exc, self.timeout) from None
-        return decode_reply(payload)
+        with self._lock:  # re-entrant: the reply read is this request's
+            self.send(message)
+            return self.receive()
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one request object without reading its reply (for a request answered by a
         stream of replies, read with :meth:`receive`). Raises as :meth:`request`."""
         with self._lock:
+            sock = self._connect()  # its own errors are already ClientError
             try:
-                sock = self._connect()
-                sock.settimeout(self.timeout)
+                sock.settimeout(self.timeout)  # it may have changed since the connect
                 sock.sendall(encode_message(message))
             except (OSError, ServiceError, ClientError) as exc:
                 self.close()

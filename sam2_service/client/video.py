@@ -175,13 +175,9 @@ def _message(op: str, session_id: str, **fields: Any) -> dict[str, Any]:
             **{k: v for k, v in fields.items() if v is not None}}
 
 
-class VideoSession:
-    """An open video session (from :meth:`Client.open_video`); a context manager.
-
-    Attributes:
-        session_id: the daemon's ``sessionId``.
-        frame_count, width, height: the video's frames and their size in pixels.
-    """
+class _Session:
+    """What both session classes hold: their connection (``link``) and the ``videoOpen``
+    reply's ``sessionId``, ``frameCount``, ``width`` and ``height``."""
 
     def __init__(self, link: Any, reply: dict[str, Any]) -> None:
         self._link = link
@@ -190,6 +186,15 @@ class VideoSession:
         self.width: int = int(reply["width"])
         self.height: int = int(reply["height"])
         self._streaming = False
+
+
+class VideoSession(_Session):
+    """An open video session (from :meth:`Client.open_video`); a context manager.
+
+    Attributes:
+        session_id: the daemon's ``sessionId``.
+        frame_count, width, height: the video's frames and their size in pixels.
+    """
 
     def __enter__(self) -> "VideoSession":
         return self
@@ -302,17 +307,9 @@ def open_video(client: Any, source: Any, request_id: str | None = None) -> Video
     return VideoSession(link, reply)
 
 
-class AsyncVideoSession:
+class AsyncVideoSession(_Session):
     """:class:`VideoSession`'s asyncio twin (from :meth:`AsyncClient.open_video`): the same
     methods as coroutines, ``propagate`` an async iterator, an async context manager."""
-
-    def __init__(self, link: Any, reply: dict[str, Any]) -> None:
-        self._link = link
-        self.session_id: str = reply["sessionId"]
-        self.frame_count: int = int(reply["frameCount"])
-        self.width: int = int(reply["width"])
-        self.height: int = int(reply["height"])
-        self._streaming = False
 
     async def __aenter__(self) -> "AsyncVideoSession":
         return self
