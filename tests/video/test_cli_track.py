@@ -36,4 +36,4 @@ def test_track_two_objects_on_an_mp4_range(video_daemon, tmp_path: Path, capsys)
 def test_track_refuses_missing_prompts(video_daemon, tmp_path: Path, capsys) -> None:
     code = main(["track", str(bikes_path()), "--socket", video_daemon.socket_path,
                  "--frames", "0:2", "--output", str(tmp_path / "m")])
-    assert code == 1 and "--frame N" in capsys.readouterr().err
+    assert code == 2 and "--frame N" in capsys.readouterr().err
