@@ -28,12 +28,13 @@ from PIL import Image
 from sam2_service.client import Client
 
 
-def _start(sock: str, device: str) -> subprocess.Popen:
+def _start(sock: str, device: str, tries: int = 600) -> subprocess.Popen:
+    """A ``--dummy-weights`` daemon on ``sock``, once it answers a ping (``tries`` x 0.2 s)."""
     proc = subprocess.Popen([sys.executable, "-m", "sam2_service", "serve", "--dummy-weights",
                              "--socket", sock, "--device", device, "--log-file",
                              sock + ".log", "--auto-timeout", "3600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
+    for _ in range(tries):
         try:
             with Client(sock, timeout=5) as c:
                 c.ping()

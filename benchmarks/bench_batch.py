@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import skimage.data
+from bench_auto import _start  # benchmarks/, the script's folder, is on sys.path
 from PIL import Image
 
 from sam2_service.batch import run
@@ -48,21 +47,6 @@ def _images(folder: Path, n: int) -> list[Path]:
         Image.fromarray(photo[dy:dy + 512, dx:dx + 512]).save(path)
         paths.append(path)
     return paths
-
-
-def _start(sock: str, device: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "sam2_service", "serve", "--dummy-weights",
-                             "--socket", sock, "--device", device, "--log-file",
-                             sock + ".log", "--auto-timeout", "3600"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(900):
-        try:
-            with Client(sock, timeout=5) as c:
-                c.ping()
-                return proc
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError("daemon did not start")
 
 
 def _release(sock: str, paths: list[Path]) -> None:
@@ -130,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         paths = _images(Path(tmp), args.images)
         sock = os.path.join(tmp, "s.sock")
-        proc = _start(sock, args.device)
+        proc = _start(sock, args.device, tries=900)
         try:
             loop_s = _loop(sock, paths)
             _release(sock, paths)
