@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2_service.daemon.auto.labels import label_stats, paint_labels, stitch_tiles, tile_grid
+from sam2_service.daemon.auto.labels import label_stats, paint_labels, paint_patches, stitch_tiles, tile_grid
 from sam2_service.wire.auto import decode_labels, encode_labels
 
 
@@ -133,3 +133,46 @@ def test_label_colours_distinct_and_overlay_blends_only_labels():
     assert out[0, 0].tolist() == np.round(50 + colours[3] / 2).astype(int).tolist()
     with pytest.raises(ValueError):
         label_overlay(image, labels[:2])
+
+
+def test_paint_patches_equals_painting_whole_masks():
+    """Masks given by their boxes' pixels paint the same map as the whole masks."""
+    from sam2_service.daemon.auto.fastgen import PackedMasks
+
+    rng = np.random.default_rng(5)
+    shape = (40, 50)
+    packed, masks = PackedMasks(shape), []
+    for _ in range(30):
+        m = np.zeros(shape, bool)
+        y0, x0 = rng.integers(0, 30), rng.integers(0, 40)
+        m[y0:y0 + rng.integers(1, 10), x0:x0 + rng.integers(1, 10)] = True
+        m &= rng.random(shape) < 0.8  # holes: a box is not the mask
+        masks.append(m)
+        ys, xs = np.nonzero(m)
+        box = (xs.min(), ys.min(), xs.max(), ys.max()) if len(ys) else (0, 0, 0, 0)
+        packed.add(m, tuple(int(v) for v in box), (0, 0))
+    areas = [int(m.sum()) for m in masks]
+    expected, kept = paint_labels(shape, areas, masks.__getitem__)
+    got, kept2 = paint_patches(shape, areas, packed.patch)
+    assert np.array_equal(got, expected) and np.array_equal(kept, kept2)
+    assert expected.max() > 10
+    for i in (0, 7, 29):
+        assert np.array_equal(packed.mask(i), masks[i])
+    sub = packed.take(np.array([3, 1]))
+    assert np.array_equal(sub.mask(0), masks[3]) and np.array_equal(sub.mask(1), masks[1])
+
+
+def test_packed_masks_place_a_crop_in_the_frame_and_give_its_rle():
+    from sam2_service.daemon.auto.fastgen import PackedMasks
+    from sam2_service.wire.codecs import decode_rle
+
+    crop = np.zeros((6, 8), bool)
+    crop[2:4, 1:5] = True
+    packed = PackedMasks((20, 30))
+    packed.add(crop, (1, 2, 4, 3), (10, 20))  # the crop's top-left at row 10, column 20
+    whole = np.zeros((20, 30), bool)
+    whole[12:14, 21:25] = True
+    assert np.array_equal(packed.mask(0), whole)
+    assert packed.patch(0)[:2] == (12, 21)
+    rle = packed.rle(0)
+    assert rle["size"] == [20, 30] and np.array_equal(decode_rle(rle, 30, 20) > 0, whole)

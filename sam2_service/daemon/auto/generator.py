@@ -36,20 +36,38 @@ class CropPlan:
 
 @dataclasses.dataclass
 class GeneratedMasks:
-    """What :meth:`StepGenerator.finish` returns for one image: per mask its COCO-style
-    uncompressed RLE (sam2.utils.amg's, column-major), ``areas`` (pixels, int64),
-    ``scores`` (predicted IoU, float64) and ``stability`` (stability score, float64)."""
+    """What :meth:`StepGenerator.finish` returns for one image: per mask ``areas`` (pixels,
+    int64), ``scores`` (predicted IoU, float64) and ``stability`` (stability score,
+    float64), and the masks: ``rles``, sam2.utils.amg's COCO-style uncompressed RLEs
+    (column-major), from :class:`StepGenerator`; or ``packed``, a
+    :class:`~.fastgen.PackedMasks`, from :class:`~.fastgen.FastStepGenerator`."""
 
-    rles: list[dict[str, Any]]
+    rles: list[dict[str, Any]] | None
     areas: np.ndarray
     scores: np.ndarray
     stability: np.ndarray
+    packed: Any = None
 
     def mask(self, i: int) -> np.ndarray:
         """Mask ``i`` as HxW bool."""
+        if self.packed is not None:
+            return self.packed.mask(i)
         from sam2.utils.amg import rle_to_mask
 
+        assert self.rles is not None
         return rle_to_mask(self.rles[i])
+
+    def patch(self, i: int) -> tuple[int, int, np.ndarray]:
+        """Mask ``i`` as (y0, x0, h x w bool) covering its pixels (the whole frame for an
+        RLE)."""
+        return self.packed.patch(i) if self.packed is not None else (0, 0, self.mask(i))
+
+    def rle(self, i: int) -> dict[str, Any]:
+        """Mask ``i`` as COCO uncompressed RLE (``{"size": [H, W], "counts": [...]}``)."""
+        if self.packed is not None:
+            return self.packed.rle(i)
+        assert self.rles is not None
+        return self.rles[i]
 
 
 class StepGenerator:

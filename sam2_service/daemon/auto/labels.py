@@ -52,10 +52,20 @@ def paint_labels(shape: tuple[int, int], areas: Sequence[int],
     Raises:
         ValueError: more than 65,535 masks would be visible (a uint16 map cannot hold them).
     """
+    return paint_patches(shape, areas, lambda i: (0, 0, get_mask(i)))
+
+
+def paint_patches(shape: tuple[int, int], areas: Sequence[int],
+                  get_patch: Callable[[int], tuple[int, int, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`paint_labels` with each mask given as ``get_patch(i)`` = (y0, x0, h x w bool),
+    its pixels within the box at row y0, column x0 (its bounding box, so that painting
+    costs the box's pixels rather than the map's). Same result, same errors."""
     order = np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable")
     labels = np.zeros(shape, dtype=np.int32)
     for k, i in enumerate(order):
-        labels[get_mask(int(i))] = k + 1
+        y0, x0, patch = get_patch(int(i))
+        labels[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]][patch] = k + 1
     present = np.bincount(labels.ravel(), minlength=len(order) + 1)[1:] > 0
     if int(present.sum()) > 65535:
         raise ValueError(f"{int(present.sum())} visible masks, more than the 65,535 a uint16 "

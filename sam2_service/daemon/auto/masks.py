@@ -36,7 +36,7 @@ def object_rles(labels: np.ndarray, tiles: Sequence[Tile], maps: Sequence[np.nda
     """
     n = int(labels.max(initial=0))
     if len(tiles) == 1:
-        return [results[0].rles[int(kept[0][k])] for k in range(n)]
+        return [results[0].rle(int(kept[0][k])) for k in range(n)]
     pieces: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     for t, tile in enumerate(tiles):
         (y0, y1, x0, x1), (oy, _, ox, _) = tile.inner, tile.outer

@@ -23,13 +23,14 @@ import numpy as np
 
 from ...wire.auto import MAX_LABELS, AutoRequest
 from ...wire.errors import InvalidRequest, RequestTimeout, UnknownImage
-from ..inference.engine import Embedding
+from ..inference.engine import Embedding, Sam2Engine
 from ..inference.imaging import decode_image
 from ..inference.prompts import check_size
 from ..inference.worker import ImageBytes, InferenceWorker, read_image
 from ..ops.logs import event
+from .fastgen import FastStepGenerator, supports
 from .generator import GeneratedMasks, StepGenerator
-from .labels import Tile, label_stats, paint_labels, stitch_tiles, tile_grid
+from .labels import Tile, label_stats, paint_patches, stitch_tiles, tile_grid
 from .masks import object_rles
 
 log = logging.getLogger("sam2_service.auto")
@@ -84,7 +85,7 @@ class AutoRunner:
         try:
             pixels, hw, image_id = await self._step(self._load, request, image, timings,
                                                     "decode", deadline=deadline)
-            gen = await self._step(StepGenerator, self.worker.engine, request.settings,
+            gen = await self._step(_generator, self.worker.engine, request.settings,
                                    timings, "generate", deadline=deadline)
             tiles = (tile_grid(hw[0], hw[1], request.tile_shape, request.halo)
                      if request.tile_shape else tile_grid(hw[0], hw[1], hw, (0, 0)))
@@ -191,6 +192,13 @@ class AutoRunner:
               total=progress.total)
 
 
+def _generator(engine: Any, settings: Any) -> StepGenerator:
+    """:class:`~.fastgen.FastStepGenerator` where it gives the request's masks
+    (:func:`~.fastgen.supports`), else SAM2's own steps (:class:`~.generator.StepGenerator`)."""
+    fast = isinstance(engine, Sam2Engine) and supports(engine, settings)
+    return (FastStepGenerator if fast else StepGenerator)(engine, settings)
+
+
 def _assemble(hw: tuple[int, int], tiles: list[Tile], results: list[GeneratedMasks],
               object_masks: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Paint each tile's masks, stitch the tiles, and build the label table (with each
@@ -199,7 +207,7 @@ def _assemble(hw: tuple[int, int], tiles: list[Tile], results: list[GeneratedMas
     try:
         for tile, masks in zip(tiles, results):
             shape = (tile.outer[1] - tile.outer[0], tile.outer[3] - tile.outer[2])
-            m, k = paint_labels(shape, masks.areas, masks.mask)
+            m, k = paint_patches(shape, masks.areas, masks.patch)
             maps.append(m)
             kept.append(k)
         if len(tiles) == 1:
