@@ -109,7 +109,7 @@ class PackedMasks:
 class Candidates:
     """Masks that passed a batch's filters: ``boxes`` K x 4 (x0, y0, x1, y1) inclusive, in
     the crop (float32 tensor, as SAM2's NMS takes them), ``iou`` and ``stability`` (K,
-    float32 tensors), ``areas`` (K, int64 numpy), ``masks`` the bits; ``crop_box`` the
+    float32 tensors; all three on the CPU, where the NMS of a few thousand boxes runs), ``areas`` (K, int64 numpy), ``masks`` the bits; ``crop_box`` the
     crop (x0, y0, x1, y1) once :meth:`FastStepGenerator.finish_crop` has put the boxes in
     image coordinates."""
 
@@ -194,7 +194,7 @@ class FastStepGenerator(StepGenerator):
         out = []
         for p in torch.nonzero(passing.any(1)).flatten().tolist():
             sel = torch.nonzero(passing[p]).flatten()
-            low = dec.masks(tokens, torch.tensor([p]))[:, sel]
+            low = dec.masks(tokens, torch.tensor([p], device=sel.device))[:, sel]
             logits = torch.nn.functional.interpolate(low, crop_hw, mode="bilinear",
                                                      align_corners=False)[0]
             stability = calculate_stability_score(logits, gen.mask_threshold,
@@ -213,7 +213,7 @@ class FastStepGenerator(StepGenerator):
             host = masks.cpu().numpy()
             for m, box in zip(host, boxes.tolist()):
                 packed.add(m, box, (crop_box[1], crop_box[0]))
-            out.append(Candidates(boxes.float(), iou.float(), stability.float(),
+            out.append(Candidates(boxes.float().cpu(), iou.float().cpu(), stability.float().cpu(),
                                   host.sum(axis=(1, 2), dtype=np.int64), packed))
         return out
 

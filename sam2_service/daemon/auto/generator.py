@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...wire.auto import AutoSettings
+from ...wire.codecs import decode_rle
 from ..inference import sam2_compat
 from ..inference.engine import Embedding, Sam2Engine
 
@@ -52,10 +53,12 @@ class GeneratedMasks:
         """Mask ``i`` as HxW bool."""
         if self.packed is not None:
             return self.packed.mask(i)
-        from sam2.utils.amg import rle_to_mask
-
         assert self.rles is not None
-        return rle_to_mask(self.rles[i])
+        rle = self.rles[i]
+        h, w = rle["size"]
+        # the wire's numpy decoder (np.repeat of the runs), not sam2.utils.amg.rle_to_mask,
+        # which fills the runs in a Python loop (~13 ms a mask at 512x512 on the 2-core CPU)
+        return decode_rle(rle, int(w), int(h)) > 0
 
     def patch(self, i: int) -> tuple[int, int, np.ndarray]:
         """Mask ``i`` as (y0, x0, h x w bool) covering its pixels (the whole frame for an
