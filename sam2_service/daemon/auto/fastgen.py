@@ -109,9 +109,9 @@ class PackedMasks:
 class Candidates:
     """Masks that passed a batch's filters: ``boxes`` K x 4 (x0, y0, x1, y1) inclusive, in
     the crop (float32 tensor, as SAM2's NMS takes them), ``iou`` and ``stability`` (K,
-    float32 tensors; all three on the CPU, where the NMS of a few thousand boxes runs), ``areas`` (K, int64 numpy), ``masks`` the bits; ``crop_box`` the
-    crop (x0, y0, x1, y1) once :meth:`FastStepGenerator.finish_crop` has put the boxes in
-    image coordinates."""
+    float32 tensors; all three on the CPU, where the NMS of a few thousand boxes runs),
+    ``areas`` (K, int64 numpy), ``masks`` the bits; ``crop_box`` the crop (x0, y0, x1, y1)
+    once :meth:`FastStepGenerator.finish_crop` has put the boxes in image coordinates."""
 
     boxes: Any
     iou: Any
