@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..inference import sam2_compat
+
 
 @dataclass
 class Tokens:
@@ -72,7 +74,7 @@ class ImageTensors:
         self.k1 = _split(t2i.k_proj(with_pe)[0], self.heads)
         self.v1 = _split(t2i.v_proj(self.src)[0], self.heads)
         self.q1 = _split(i2t.q_proj(with_pe)[0], self.heads)
-        dc1, _, _, dc2, _ = dec.output_upscaling
+        dc1, _, _, dc2, _ = sam2_compat.mask_upscaling(model)
         feat_s0, feat_s1 = features["high_res_feats"]
         h, w = self.h, self.w
         # ConvTranspose2d with stride == kernel == 2: out[o, 2i+a, 2j+b] = x[:, i, j] . W[:, o, a, b]
@@ -234,7 +236,7 @@ class PointDecoder:
         mask_tokens = tokens.queries[index, 2:2 + dec.num_mask_tokens]
         hyper = torch.stack([mlp(mask_tokens[:, i])
                              for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
-        _, ln1, act1, _, act2 = dec.output_upscaling
+        _, ln1, act1, _, act2 = sam2_compat.mask_upscaling(self.model)
         k, n = keys.shape[0], im.h * im.w
         y = torch.baddbmm(im.f1, keys, im.w1.expand(k, -1, -1)).view(k, n * 4, -1)
         y = act1(torch.nn.functional.layer_norm(y, (y.shape[-1],), ln1.weight, ln1.bias,
