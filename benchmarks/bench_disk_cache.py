@@ -15,8 +15,9 @@ interleaved so both see the same machine state, the second daemon answers:
 Each restarted answer must say ``cached: true`` and carry the same mask bytes and score as
 the first daemon's answer on that image. Times are what a client sees (``bench.RawClient``:
 base64, JSON, socket, mask decoding). Goal: restarted <= 0.15x cold. Prints a Markdown
-table of medians. Without ``--checkpoint`` a random-weight SAM2.1 checkpoint is saved first
-(the same compute as real weights).
+table of medians and writes it as the ``disk-cache-<device>`` section of docs/benchmarks.md
+(``--no-write``: print only). Without ``--checkpoint`` a random-weight SAM2.1 checkpoint is
+saved first (the same compute as real weights).
 
     python benchmarks/bench_disk_cache.py --device cpu --runs 5
 """
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import RawClient, machine, photo, seg_request  # benchmarks/ is on sys.path
+from bench import RawClient, machine, photo, publish, seg_request  # benchmarks/ is on sys.path
 from integration.conftest import start_daemon  # bench put tests/ on the path
 
 from sam2_service.daemon.config import MODELS
@@ -45,6 +46,7 @@ def main() -> int:
     ap.add_argument("--model", default="tiny", choices=list(MODELS))
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--runs", type=int, default=5, help="rounds")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="s2s-disk-", dir="/tmp"))
@@ -85,7 +87,8 @@ def main() -> int:
             t["restarted, by imageId"].append(ms)
     finally:
         assert daemon.stop() == 0, daemon.output()
-    print(report(t, args, start_s))
+    publish(report(t, args, start_s) + "\n", f"disk-cache-{args.device.split(':')[0]}",
+            not args.no_write)
     return 0
 
 

@@ -103,25 +103,22 @@ def test_point_decoder_equals_sam2_mask_decoder(engine, embedding):
     assert float((ours > 0).eq(ref > 0).float().mean()) > 0.9999
 
 
-def _midrange(model, image) -> dict:
+def _midrange(engine, image, embeddings) -> dict:
     """Thresholds at the medians of the random model's IoU predictions and stability
     scores over this image's candidates (so that about half of each filter passes)."""
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
     everything = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
                   "box_nms_thresh": 1.0}
-    with reference_inference():
-        records = SAM2AutomaticMaskGenerator(model, **everything).generate(image)
-    return {**everything,
-            "pred_iou_thresh": float(np.median([r["predicted_iou"] for r in records])),
-            "stability_score_thresh": float(np.median([r["stability_score"] for r in records]))}
+    result = _generate(FastStepGenerator, engine, AutoSettings(**everything), image, embeddings)
+    assert len(result.scores) > 50
+    return {**everything, "pred_iou_thresh": float(np.median(result.scores)),
+            "stability_score_thresh": float(np.median(result.stability))}
 
 
 @needs_float32
 def test_fast_generator_gives_sam2_generators_masks(engine, reference_model, photo, embeddings):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    settings = _midrange(reference_model, photo)
+    settings = _midrange(engine, photo, embeddings)
     with reference_inference():
         records = SAM2AutomaticMaskGenerator(reference_model, **settings).generate(photo)
     expected = paint_by_decreasing_area(records, photo.shape[:2])
