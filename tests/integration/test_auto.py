@@ -17,7 +17,7 @@ from sam2_service.client import Client, RequestFailed, build_auto_request, prepa
 from sam2_service.daemon.auto.labels import label_stats
 from sam2_service.wire.frames import encode_message
 
-from .conftest import connect_raw, encode_image, reference_inference
+from .conftest import connect_raw, encode_image, reference_inference, start_daemon
 
 pytestmark = pytest.mark.model
 
@@ -47,10 +47,24 @@ def paint_by_decreasing_area(records, shape) -> np.ndarray:
     return lut[labels]
 
 
-def test_label_map_equals_sam2_automatic_mask_generator(daemon, reference_model, coffee):
+@pytest.fixture(scope="module")
+def no_fastpath_daemon(tmp_path_factory, checkpoint):
+    """A daemon with ``--no-fastpath``: auto runs SAM2's own steps (StepGenerator)."""
+    d = start_daemon(tmp_path_factory.mktemp("nofast"), "--checkpoint", str(checkpoint),
+                     "--no-fastpath")
+    yield d
+    d.stop()
+
+
+@pytest.mark.parametrize("which", ["daemon", "no_fastpath_daemon"])
+def test_label_map_equals_sam2_automatic_mask_generator(which, request, reference_model, coffee):
+    """Both paths: the fast one (the default daemon: its own point decoder) and
+    ``--no-fastpath`` (SAM2AutomaticMaskGenerator's own methods, step by step)."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
+    daemon = request.getfixturevalue(which)
     with Client(daemon.socket_path) as client:
+        assert client.info()["fastpath"] is (which == "daemon")
         labels, table = client.auto(coffee, **SETTINGS)
     image = np.array(Image.open(io.BytesIO(coffee)).convert("RGB"))
     gen = SAM2AutomaticMaskGenerator(reference_model, **SETTINGS)
