@@ -37,10 +37,13 @@ from sam2_service.client import Client
 
 
 def _start(sock: str, device: str, tries: int = 600) -> subprocess.Popen:
-    """A ``--dummy-weights`` daemon on ``sock``, once it answers a ping (``tries`` x 0.2 s)."""
+    """A ``--dummy-weights`` daemon on ``sock``, once it answers a ping (``tries`` x 0.2 s).
+    Its embedding cache's disk tier is a fresh folder beside the socket: the user's own
+    (``$XDG_CACHE_HOME/sam2-service``) would answer images an earlier run has seen."""
     proc = subprocess.Popen([sys.executable, "-m", "sam2_service", "serve", "--dummy-weights",
                              "--socket", sock, "--device", device, "--log-file",
-                             sock + ".log", "--auto-timeout", "3600"],
+                             sock + ".log", "--auto-timeout", "3600",
+                             "--cache-dir", sock + ".embeddings"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(tries):
         try:
