@@ -9,7 +9,8 @@ no default filter, and with them off a 2-core CPU took 4x as long). The daemon i
 cases every image's embedding is released, so each case computes its own. The in-process
 generator is SAM2AutomaticMaskGenerator on the same random weights (seed 0, as the daemon's
 ``--dummy-weights``) in this process, after the daemon is stopped. Writes the table under
-"Batch automatic segmentation" in docs/benchmarks.md with ``--write``.
+"Batch automatic segmentation" in docs/benchmarks.md with ``--write`` (its ``batch-<device>``
+markers).
 
     python benchmarks/bench_batch.py --device cpu [--images 16] [--write]
 """
@@ -33,7 +34,8 @@ from sam2_service.client import Client
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict = {"points_per_side": 16}
 FILTERS_OFF = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-HEADING = "## Batch automatic segmentation (`sam2-service batch`)"
+#: The device kind, for the docs section's name (set by main).
+DEVICE = ["cpu"]
 
 
 def _images(folder: Path, n: int) -> list[Path]:
@@ -90,16 +92,11 @@ def _in_process(paths: list[Path], device: str) -> float:
 
 
 def _write(table: str) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text()
-    section = f"{HEADING}\n\n{table}\n"
-    if HEADING in text:
-        start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    """Make ``table`` the ``batch-<device>`` section of docs/benchmarks.md (between its
+    ``<!-- bench:... -->`` markers, the text around them kept)."""
+    from bench import write_section  # benchmarks/, the script's folder, is on sys.path
+
+    write_section(f"batch-{DEVICE[0]}", table + "\n")
 
 
 def main() -> None:
@@ -111,6 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.filters_off:
         SETTINGS.update(FILTERS_OFF)
+    DEVICE[0] = args.device.split(":")[0]
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         paths = _images(Path(tmp), args.images)
         sock = os.path.join(tmp, "s.sock")
@@ -129,8 +127,9 @@ def main() -> None:
             ("SAM2AutomaticMaskGenerator in process", inproc_s)]
     filters = "filters off" if args.filters_off else "the generator's filters"
     table = (f"{n} images of 512x512, `--points-per-side 16`, {filters}, SAM2.1-tiny random "
-             f"weights, device `{args.device}` (`benchmarks/bench_batch.py`; one run, the "
-             "machine shared):\n\n| how | seconds | images/s | vs the loop |\n| --- | --- | --- | --- |\n"
+             f"weights, device `{args.device}` (`benchmarks/bench_batch.py`; one run; each daemon "
+             f"case encodes every image: a fresh `--cache-dir`; {time.strftime('%Y-%m-%d')}):\n\n"
+             "| how | seconds | images/s | vs the loop |\n| --- | --- | --- | --- |\n"
              + "\n".join(f"| {name} | {s:.1f} | {n / s:.3f} | {loop_s / s:.2f}x |"
                          for name, s in rows))
     print(table)
