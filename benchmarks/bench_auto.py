@@ -92,15 +92,17 @@ def vs_generator(device: str, sizes: list[int], points_per_side: int, write: boo
                 ms, tm, labels = _timed_auto(sock, image, **kw)
                 gen = SAM2AutomaticMaskGenerator(model, **kw)
                 t0 = time.perf_counter()
-                with torch.inference_mode():
-                    masks = len(gen.generate(image))
+                with torch.inference_mode(), torch.autocast(
+                        "cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                    masks = len(gen.generate(image))  # as the daemon's default precision
                 ref = (time.perf_counter() - t0) * 1000
                 rows.append((f"{size}x{size}", name, ref, ms, tm, masks, labels))
                 print(rows[-1], flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
-    lines = [f"SAM2.1 tiny, {machine(device)}, float32, torch {torch.__version__}, "
+    dtype = "bfloat16 autocast" if device.startswith("cuda") else "float32"
+    lines = [f"SAM2.1 tiny, {machine(device)}, {dtype}, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}; pointsPerSide {points_per_side}; one run of each, side "
              "by side in one process (the daemon idle while the generator runs).", "",
              "| image | settings | SAM2 generate ms | daemon auto ms | ratio | encode | "
